@@ -1,0 +1,285 @@
+"""Full-vocabulary retrieval evaluation: top-k accuracy, NDCG@k and MRR.
+
+Every metric comes from one number per query: the rank of its label among
+all V vocabulary candidates,
+
+    rank = 1 + #{candidates whose score is strictly greater than the label's}
+
+(ties count in the label's favour: the "min" rank). This is exactly the rule of
+`tfrs.metrics.FactorizedTopK` as the tutorial uses it (score-based, i.e. no
+`true_candidate_ids`): it appends the label score to the top-k scores and asks
+`tf.math.in_top_k`, which counts a target tied across the top-k boundary as a
+hit. So `top_k` here equals FactorizedTopK's `top_k_categorical_accuracy`
+(= Recall@k with one label), and `top_1`, `mrr` and `ndcg_10` agree with it
+(top_1 is the fraction of queries with rank 1, etc.). Two differences, both on
+purpose:
+
+* The label's score is read from the same [B, V] score matrix it is compared
+  against, so the label never outranks itself through rounding (FactorizedTopK
+  recomputes it with a separate reduce_sum).
+* A query whose score row contains a non-finite value is a miss (rank = inf),
+  like `tf.math.in_top_k`; a diverged model therefore scores 0, not 1.
+
+Because ties favour the label, a degenerate model (all scores equal) would get
+top_1 = 1.0; the extra key `label_tie_rate` (fraction of queries whose label
+score equals another candidate's) makes that visible. It is ~0 for a trained
+float model.
+
+With one relevant item per query: NDCG@k = 1 / log2(rank + 1) if rank <= k
+else 0 (the ideal DCG is 1), MRR = mean(1 / rank).
+
+Implementation: candidate embeddings [V, d] are computed once per call (they
+change while training, so nothing is cached across calls); then one in-graph
+loop over the dataset computes per batch scores = query [B, d] @ cand^T ->
+[B, V] and reduces it straight to ranks. No top_k is needed, and only running
+sums leave the loop: test queries are streamed, never held at once. Memory
+per step is B x V x 4 bytes (1024 x 62k for ML-25M = 250 MB).
+
+Distribution: this is a plain single-device computation. Called inside a
+`strategy.scope()` (cross-replica context) it reads the mirrored variables'
+values and gives the same numbers as without a strategy; there is no
+cross-replica reduction, so nothing is multiplied by the worker count (the
+Keras MultiWorker evaluate() pitfall in DESIGN.md). Under MultiWorker every
+worker that calls it on the full test set gets identical numbers.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from beam_jobs import schema
+
+DEFAULT_KS = (1, 5, 10, 50, 100)
+
+# Candidate embeddings are computed in chunks so a huge vocabulary never needs
+# one giant candidate-tower call.
+_CANDIDATE_CHUNK = 65536
+
+
+def candidate_embeddings(candidate_model: tf.keras.Model, movie_ids: Sequence[int]) -> tf.Tensor:
+    """Embeds the whole vocabulary.
+
+    Args:
+      candidate_model: int64 ids [N] -> float32 [N, d].
+      movie_ids: the vocabulary, [V] ints.
+
+    Returns:
+      float32 [V, d], row i for movie_ids[i].
+    """
+    ids = np.asarray(movie_ids, dtype=np.int64)
+    chunks = [
+        tf.cast(candidate_model(tf.constant(ids[i : i + _CANDIDATE_CHUNK])), tf.float32)
+        for i in range(0, len(ids), _CANDIDATE_CHUNK)
+    ]
+    return tf.concat(chunks, axis=0)
+
+
+def _vocab_table(movie_ids: np.ndarray) -> tf.lookup.StaticHashTable:
+    """movie id -> its index in movie_ids (int64), -1 for ids outside the vocabulary."""
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(movie_ids, tf.int64), tf.range(len(movie_ids), dtype=tf.int64)
+        ),
+        default_value=-1,
+    )
+
+
+def _check_vocab(movie_ids: Sequence[int]) -> np.ndarray:
+    ids = np.asarray(movie_ids, dtype=np.int64).reshape(-1)
+    if ids.size == 0:
+        raise ValueError("movie_ids is empty: nothing to rank")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("movie_ids has duplicate ids; each candidate must appear once")
+    return ids
+
+
+def _check_ks(ks: Sequence[int], ndcg_k: int) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1 or ndcg_k < 1:
+        raise ValueError(f"ks and ndcg_k must be positive, got ks={ks} ndcg_k={ndcg_k}")
+    return ks
+
+
+def _batch_ids(features: Mapping[str, tf.Tensor], table: tf.lookup.StaticHashTable):
+    """Reads and checks one batch: context ids [B, L], label index [B]."""
+    context = tf.cast(features[schema.CONTEXT_MOVIE_ID], tf.int64)
+    label = tf.cast(features[schema.LABEL_MOVIE_ID], tf.int64)
+    # Labels must be scalars per example; a [B, 1] label is flattened here
+    # (and checked to really be one per row).
+    label = tf.reshape(label, [-1])
+    tf.debugging.assert_equal(
+        tf.shape(label)[0], tf.shape(context)[0],
+        message=f"{schema.LABEL_MOVIE_ID} must hold one id per example",
+    )
+    label_index = table.lookup(label)
+    tf.debugging.assert_non_negative(
+        label_index,
+        message=f"a {schema.LABEL_MOVIE_ID} is not in movie_ids (vocabulary and data do not match)",
+    )
+    return context, label_index
+
+
+def _excluded_context(context, label_index, table):
+    """Which context positions to take out of the ranking.
+
+    Returns:
+      (context vocab index [B, L] clipped to >= 0, bool mask [B, L]): True for
+      in-vocabulary context movies other than the label, first occurrence
+      only (so a repeated id is removed once).
+    """
+    index = table.lookup(context)
+    length = tf.shape(context)[1]
+    # earlier[b, i, j]: position j < i holds the same id as position i.
+    same = tf.equal(index[:, :, None], index[:, None, :])
+    before = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # j <= i
+    before = tf.logical_and(before, tf.logical_not(tf.eye(length, dtype=tf.bool)))  # j < i
+    repeated = tf.reduce_any(tf.logical_and(same, before[None]), axis=2)
+    mask = (index >= 0) & (index != label_index[:, None]) & ~repeated
+    return tf.maximum(index, 0), mask
+
+
+def _sums(rank: tf.Tensor, ks: tuple[int, ...], ndcg_k: int) -> tuple[tf.Tensor, ...]:
+    """Per-batch metric sums from float64 ranks [B] (inf = miss)."""
+    hits = tf.stack([tf.reduce_sum(tf.cast(rank <= k, tf.float64)) for k in ks])
+    reciprocal = tf.reduce_sum(1.0 / rank)
+    ln2 = tf.constant(math.log(2.0), tf.float64)
+    gain = tf.where(rank <= ndcg_k, ln2 / tf.math.log(tf.minimum(rank, 1e300) + 1.0), 0.0)
+    return hits, reciprocal, tf.reduce_sum(gain)
+
+
+def _stream(dataset: tf.data.Dataset, ranks_fn, ks, ndcg_k) -> dict:
+    """Runs ranks_fn over every batch in one tf.function and averages the sums."""
+
+    @tf.function
+    def run():
+        zero = tf.constant(0.0, tf.float64)
+        hits, rr, ndcg, ties, n = tf.zeros([len(ks)], tf.float64), zero, zero, zero, zero
+        # An iterator-driven loop (not dataset.reduce) so the towers run on the
+        # function's device (a GPU if any) instead of tf.data's host threads.
+        for features in iter(dataset):
+            rank, tied = ranks_fn(features)
+            b_hits, b_rr, b_ndcg = _sums(rank, ks, ndcg_k)
+            hits += b_hits
+            rr += b_rr
+            ndcg += b_ndcg
+            ties += tf.reduce_sum(tf.cast(tied, tf.float64))
+            n += tf.cast(tf.size(rank), tf.float64)
+        return hits, rr, ndcg, ties, n
+
+    hits, rr, ndcg, ties, n = (t.numpy() for t in run())
+    if n == 0:
+        raise ValueError("evaluation dataset is empty")
+    metrics = {f"top_{k}": float(h / n) for k, h in zip(ks, hits, strict=True)}
+    metrics[f"ndcg_{ndcg_k}"] = float(ndcg / n)
+    metrics["mrr"] = float(rr / n)
+    metrics["label_tie_rate"] = float(ties / n)
+    metrics["num_queries"] = int(n)
+    return metrics
+
+
+def evaluate_retrieval(
+    query_model: tf.keras.Model,
+    candidate_model: tf.keras.Model,
+    dataset: tf.data.Dataset,
+    movie_ids: Sequence[int],
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    exclude_context: bool = False,
+    ndcg_k: int = 10,
+) -> dict:
+    """Ranks each query's label among the whole vocabulary (see module doc).
+
+    Args:
+      query_model: int64 context ids [B, L] (0 = pad) -> float32 [B, d].
+      candidate_model: int64 movie ids [N] -> float32 [N, d].
+      dataset: batches of feature dicts with "context_movie_id" int64 [B, L]
+        and "label_movie_id" int64 [B] (other keys are ignored).
+      movie_ids: the candidate vocabulary, [V] distinct ints. Every label must
+        be in it (otherwise an InvalidArgumentError says so).
+      ks: cut-offs for top-k accuracy.
+      exclude_context: remove the movies of each query's own context from its
+        ranking (the label itself is never removed, even if it is in the
+        context: a re-watch still counts).
+      ndcg_k: cut-off of NDCG.
+
+    Returns:
+      {"top_<k>": ..., "ndcg_<ndcg_k>": ..., "mrr": ..., "label_tie_rate": ...}
+      as Python floats, plus "num_queries" (int).
+    """
+    ks = _check_ks(ks, ndcg_k)
+    ids = _check_vocab(movie_ids)
+    cand = candidate_embeddings(candidate_model, ids)  # [V, d], fresh every call
+    table = _vocab_table(ids)
+
+    def ranks(features):
+        context, label_index = _batch_ids(features, table)
+        query = tf.cast(query_model(context), tf.float32)  # [B, d]
+        scores = tf.matmul(query, cand, transpose_b=True)  # [B, V]
+        label_score = tf.gather(scores, label_index, batch_dims=1)[:, None]  # [B, 1]
+        greater = tf.reduce_sum(tf.cast(scores > label_score, tf.int64), axis=1)  # [B]
+        # Ties with other candidates (the label equals itself once).
+        tied = tf.reduce_sum(tf.cast(scores == label_score, tf.int64), axis=1) - 1
+        if exclude_context:
+            index, mask = _excluded_context(context, label_index, table)
+            context_scores = tf.gather(scores, index, batch_dims=1)  # [B, L]
+            greater -= tf.reduce_sum(tf.cast(mask & (context_scores > label_score), tf.int64), 1)
+            tied -= tf.reduce_sum(tf.cast(mask & (context_scores == label_score), tf.int64), 1)
+        finite = tf.reduce_all(tf.math.is_finite(scores), axis=1)
+        rank = tf.where(finite, tf.cast(greater, tf.float64) + 1.0, np.inf)
+        return rank, finite & (tied > 0)
+
+    return _stream(dataset, ranks, ks, ndcg_k)
+
+
+def popularity_baseline(
+    dataset: tf.data.Dataset,
+    movie_ids: Sequence[int],
+    counts: Sequence[int] | Mapping[int, int],
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    exclude_context: bool = False,
+    ndcg_k: int = 10,
+) -> dict:
+    """The same metrics for "recommend the most-watched movies" to everyone.
+
+    Ties in `counts` are broken by vocabulary order (earlier in movie_ids
+    ranks higher), so the ranking is a strict total order and
+    label_tie_rate is 0.
+
+    Args:
+      dataset, movie_ids, ks, exclude_context, ndcg_k: as evaluate_retrieval.
+      counts: train-split counts, either aligned with movie_ids ([V]) or a
+        mapping movie id -> count (missing ids count 0).
+
+    Returns:
+      The same dict as evaluate_retrieval.
+    """
+    ks = _check_ks(ks, ndcg_k)
+    ids = _check_vocab(movie_ids)
+    if isinstance(counts, Mapping):
+        counts = [counts.get(int(i), 0) for i in ids]
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if counts.size != ids.size:
+        raise ValueError(f"counts has {counts.size} entries but movie_ids has {ids.size}")
+    # position[i]: how many candidates rank above vocabulary entry i. The
+    # ranking is the same for every query, so no score matrix is needed.
+    order = np.lexsort((np.arange(ids.size), -counts))  # by count desc, then vocab order
+    position = np.empty(ids.size, np.int64)
+    position[order] = np.arange(ids.size)
+    position = tf.constant(position)
+    table = _vocab_table(ids)
+
+    def ranks(features):
+        context, label_index = _batch_ids(features, table)
+        label_position = tf.gather(position, label_index)  # [B]
+        above = label_position
+        if exclude_context:
+            index, mask = _excluded_context(context, label_index, table)
+            context_above = mask & (tf.gather(position, index) < label_position[:, None])
+            above -= tf.reduce_sum(tf.cast(context_above, tf.int64), axis=1)
+        return tf.cast(above, tf.float64) + 1.0, tf.zeros_like(above, tf.bool)
+
+    return _stream(dataset, ranks, ks, ndcg_k)
