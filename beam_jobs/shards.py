@@ -1,0 +1,123 @@
+"""The two heavy steps of the job as plain functions (the DoFns in pipeline.py are shells):
+
+parse_range: one byte range of the ratings file -> filtered columns split by output shard.
+write_shard: all columns of one shard -> ordered timelines -> train/ and test/ shard files.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from beam_jobs import movielens, schema, timelines
+from beam_jobs.options import JobConfig
+from beam_jobs.outputs import PendingError, RangeStats, ShardResult
+from beam_jobs.tfrecord import TFRecordWriter
+
+
+@dataclasses.dataclass
+class Columns:
+    """Kept ratings of one byte range that belong to one shard.
+
+    user, movie, timestamp: [n] int64; rating: [n] float32. Unordered.
+    """
+
+    user: np.ndarray
+    movie: np.ndarray
+    rating: np.ndarray
+    timestamp: np.ndarray
+
+
+def parse_range(path: str, start: int, end: int, fmt: str, cfg: JobConfig,
+                movies: movielens.MoviesTable
+                ) -> tuple[list[tuple[int, Columns]], list[PendingError], RangeStats]:
+    """Reads and parses bytes [start, end) of a ratings file.
+
+    Returns:
+      chunks: (shard index, Columns) for each shard with kept ratings in this range.
+      pending: malformed and unknown-movie lines, numbered locally (see ResolveLines).
+      stats: counts of this range.
+    """
+    text = movielens.read_range(path, start, end)
+    parsed = movielens.parse_ratings(text.body, fmt, file_start=start == 0)
+    pending = [PendingError(path, start, text.lines_before, i, reason, movielens.error_text(t))
+               for i, reason, t in parsed.errors]
+    keep = parsed.rating >= np.float32(cfg.min_rating)
+    rows = movies.rows(parsed.movie)
+    unknown = rows < 0
+    for i in np.flatnonzero(unknown):
+        # The line text is not kept by the bulk path; rebuild it from the parsed fields.
+        pending.append(PendingError(
+            path, start, text.lines_before, int(parsed.line[i]), movielens.UNKNOWN_MOVIE,
+            f"user={parsed.user[i]} movie={parsed.movie[i]} rating={parsed.rating[i]:g} "
+            f"timestamp={parsed.timestamp[i]}"))
+    below = int((~keep & ~unknown).sum())
+    keep &= ~unknown
+    user, movie = parsed.user[keep], parsed.movie[keep]
+    rating, ts = parsed.rating[keep], parsed.timestamp[keep]
+    stats = RangeStats(path, start, text.newlines, parsed.num_lines,
+                       _reasons([e[1] for e in parsed.errors]), int(unknown.sum()), below,
+                       int(keep.sum()))
+    chunks = []
+    if len(user):
+        users, inverse = np.unique(user, return_inverse=True)
+        user_shard = np.array([timelines.shard_of_user(int(u), cfg.num_shards) for u in users])
+        shard_of_row = user_shard[inverse]
+        order = np.argsort(shard_of_row, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard_of_row[order])) + 1
+        for idx in np.split(order, bounds):
+            chunks.append((int(shard_of_row[idx[0]]),
+                           Columns(user[idx], movie[idx], rating[idx], ts[idx])))
+    return chunks, pending, stats
+
+
+def _reasons(reasons: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reasons:
+        out[r] = out.get(r, 0) + 1
+    return out
+
+
+def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
+                movies: movielens.MoviesTable) -> ShardResult:
+    """Orders each user's ratings, encodes their examples and writes both split files of
+    shard `shard` (users ascending, then label position ascending)."""
+    if chunks:
+        user = np.concatenate([c.user for c in chunks])
+        movie = np.concatenate([c.movie for c in chunks])
+        rating = np.concatenate([c.rating for c in chunks])
+        ts = np.concatenate([c.timestamp for c in chunks])
+    else:
+        user = movie = ts = np.zeros(0, np.int64)
+        rating = np.zeros(0, np.float32)
+    # One sort orders users and, inside each user, the timeline by (timestamp, movie_id).
+    order = np.lexsort((movie, ts, user))
+    user, movie, rating = user[order], movie[order], rating[order]
+    rows = movies.rows(movie)
+    encoded = movies.encoded()
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(user)].astype(int)
+    name = schema.shard_name(shard, cfg.num_shards, cfg.compression)
+    train = TFRecordWriter(schema.join(cfg.output_dir, schema.TRAIN, name), cfg.compression)
+    test = TFRecordWriter(schema.join(cfg.output_dir, schema.TEST, name), cfg.compression)
+    labels: list[int] = []
+    users = short = 0
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if e - s < cfg.min_timeline_length:
+            short += 1
+            continue
+        users += 1
+        timeline = [encoded[r] for r in rows[s:e].tolist()]
+        for is_train, label, record in timelines.encode_timeline(
+                int(user[s]), timeline, movie[s:e], rating[s:e], cfg.max_context_length,
+                cfg.max_context_movie_genre_length, cfg.split, cfg.train_fraction, cfg.seed):
+            if is_train:
+                train.write(record)
+                labels.append(label)
+            else:
+                test.write(record)
+    train.close()
+    test.close()
+    label_ids, label_counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    return ShardResult(shard, name, users, short, train.count, test.count, label_ids,
+                       label_counts.astype(np.int64))

@@ -1,0 +1,103 @@
+"""Deterministic TFRecord shard writer over Beam's FileSystems (local paths and gs://).
+
+Beam's WriteToTFRecord does not order records within a shard, so each shard is written
+by one DoFn call from records it has already ordered. The file goes to a temporary name
+first and is renamed when complete, so a crashed attempt never leaves a truncated shard
+under a final name.
+"""
+from __future__ import annotations
+
+import posixpath
+import struct
+import uuid
+import zlib
+from collections.abc import Iterable
+
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+# zlib level 1: ~3x faster than the default 6 on these records and only ~10% larger;
+# the job's speed goal is dominated by compression at higher levels.
+GZIP_LEVEL = 1
+_FLUSH_BYTES = 4 << 20
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32-C of `data`."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame(record: bytes) -> bytes:
+    """One TFRecord: length, masked crc of the length, data, masked crc of the data."""
+    header = struct.pack("<Q", len(record))
+    return (header + struct.pack("<I", masked_crc32c(header)) + record
+            + struct.pack("<I", masked_crc32c(record)))
+
+
+class TFRecordWriter:
+    """Writes records in order to `path` ("gzip" or "none"); call close() to publish.
+
+    gzip output is a single gzip member with mtime 0 (zlib wbits=31), so equal records give
+    equal bytes. Until close() the data sits under a temporary name in the same directory.
+    """
+
+    def __init__(self, path: str, compression: str):
+        self.path = path
+        directory, name = posixpath.split(path)
+        self._tmp = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+        self._compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+                            if compression == "gzip" else None)
+        self._file = FileSystems.create(self._tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._buf: list[bytes] = []
+        self._size = 0
+        self.count = 0
+
+    def write(self, record: bytes) -> None:
+        framed = frame(record)
+        self._buf.append(framed)
+        self._size += len(framed)
+        self.count += 1
+        if self._size >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = b"".join(self._buf)
+        self._buf, self._size = [], 0
+        self._file.write(self._compressor.compress(data) if self._compressor else data)
+
+    def close(self) -> None:
+        self._flush()
+        if self._compressor:
+            self._file.write(self._compressor.flush())
+        self._file.close()
+        _publish(self._tmp, self.path)
+
+
+def write_tfrecords(path: str, records: Iterable[bytes], compression: str) -> int:
+    """Writes `records` in order to `path`; returns the record count."""
+    writer = TFRecordWriter(path, compression)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    return writer.count
+
+
+def _publish(tmp: str, path: str) -> None:
+    if FileSystems.exists(path):
+        # A retried or overwritten attempt: the rename must replace it on every filesystem.
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes a small file atomically (temp name, then rename)."""
+    directory, name = posixpath.split(path)
+    tmp = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+    f = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        f.write(data)
+    finally:
+        f.close()
+    _publish(tmp, path)
