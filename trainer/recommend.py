@@ -1,0 +1,142 @@
+"""Prints recommendations for a viewing history from an exported model.
+
+    python -m trainer.recommend --model_dir=URI --history=2858,260,1196 [--k=10]
+
+Reads only `model_dir/export` (written by trainer.train through
+trainer.export): the SavedModel and its vocab.tsv asset. The history is a
+comma-separated list of MovieLens ids, oldest first; its last L ids (L = the
+context length the model was trained with) are right-padded with 0 exactly
+like the training contexts.
+
+Unknown ids are an error naming them (not a warning): the vocabulary holds
+every movie of movies.dat, so an id outside it is a typo or a different
+dataset, and silently embedding it as "unknown" would hide that. Movies of
+the whole history are left out of the recommendations unless
+--no-exclude_history (the last L by the serving_exclude_context signature,
+older ones by filtering its results, so fewer than --k may remain).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from beam_jobs import schema
+
+EXPORT_SUBDIR = "export"  # == trainer.export.EXPORT_SUBDIR (not imported: keeps startup light)
+
+
+class UsageError(ValueError):
+    """Bad flags or an unusable model_dir; the message names the flag or path."""
+
+
+def parse_history(text: str) -> list[int]:
+    """'1,2, 3' -> [1, 2, 3]; errors name --history and the bad entry."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UsageError("--history is empty: give movie ids, oldest first, e.g. --history=1,2,3")
+    ids = []
+    for item in items:
+        try:
+            ids.append(int(item))
+        except ValueError:
+            raise UsageError(f"--history: {item!r} is not a movie id (an integer)") from None
+    return ids
+
+
+def context_row(history: Sequence[int], length: int) -> list[int]:
+    """The model input for a history: its last `length` ids, oldest first, right-padded."""
+    tail = list(history)[-length:]
+    return tail + [schema.PAD_MOVIE_ID] * (length - len(tail))
+
+
+def _load(model_dir: str):
+    import tensorflow as tf  # here, so --help and flag errors stay instant
+
+    export_dir = schema.join(model_dir, EXPORT_SUBDIR)
+    if not tf.io.gfile.exists(schema.join(export_dir, "saved_model.pb")):
+        raise UsageError(
+            f"--model_dir: no exported model at {export_dir} (expected saved_model.pb there); "
+            "train with trainer.train --export first"
+        )
+    loaded = tf.saved_model.load(export_dir)
+    vocab_path = loaded.vocab.asset_path.numpy().decode()
+    with tf.io.gfile.GFile(vocab_path) as f:
+        vocab = {row["movie_id"]: row for row in schema.parse_vocab(f.read(), vocab_path)}
+    return loaded, vocab, export_dir
+
+
+def recommend(model_dir: str, history: Sequence[int], k: int = 10, exclude_history: bool = True):
+    """Top-k recommendations for one history.
+
+    Returns:
+      (vocab {id: row}, [(movie_id, score), ...] best first, context length L).
+    """
+    import tensorflow as tf
+
+    loaded, vocab, export_dir = _load(model_dir)
+    unknown = [m for m in history if m not in vocab]
+    if unknown:
+        raise UsageError(
+            f"--history: movie id(s) {', '.join(map(str, unknown))} not in the model's "
+            f"vocabulary ({len(vocab)} movies, {export_dir}/assets/vocab.tsv)"
+        )
+    name = "serving_exclude_context" if exclude_history else "serving_default"
+    serve = loaded.signatures[name]
+    _, inputs = serve.structured_input_signature
+    length = inputs[schema.CONTEXT_MOVIE_ID].shape[1]
+    available = serve.structured_outputs["movie_ids"].shape[1]
+    if not 1 <= k <= available:
+        raise UsageError(f"--k must be between 1 and {available} (the exported k), got {k}")
+    out = serve(**{schema.CONTEXT_MOVIE_ID: tf.constant([context_row(history, length)], tf.int64)})
+    pairs = zip(out["movie_ids"][0].numpy().tolist(), out["scores"][0].numpy().tolist(), strict=True)
+    # The signature leaves out the last L history movies (they come back at
+    # -inf only when fewer than k others exist); older history movies are
+    # dropped here, which can leave fewer than k results.
+    seen = set(history) if exclude_history else set()
+    results = [(m, s) for m, s in pairs if not math.isinf(s) and m not in seen][:k]
+    return vocab, results, length
+
+
+def _format(history, vocab, results, length) -> str:
+    used = history[-length:]
+    lines = [f"History ({len(history)} movies, oldest first; the model reads the last {len(used)}):"]
+    lines.append(f"  {'movie_id':>8}  {'year':>4}  title")
+    for m in history:
+        row = vocab[m]
+        mark = "" if m in used else "  (not used)"
+        lines.append(f"  {m:>8}  {row['year']:>4}  {row['title']}{mark}")
+    lines.append("")
+    lines.append(f"Top {len(results)} recommendations:")
+    lines.append(f"  {'rank':>4}  {'movie_id':>8}  {'year':>4}  {'score':>8}  title")
+    for rank, (m, score) in enumerate(results, start=1):
+        row = vocab.get(m, {"year": 0, "title": "?"})
+        lines.append(f"  {rank:>4}  {m:>8}  {row['year']:>4}  {score:>8.4f}  {row['title']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.recommend", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model_dir", required=True, help="trainer.train's --model_dir (local or gs://)")
+    parser.add_argument("--history", required=True, help="comma-separated movie ids, oldest first")
+    parser.add_argument("--k", type=int, default=10, help="number of recommendations")
+    parser.add_argument(
+        "--exclude_history", action=argparse.BooleanOptionalAction, default=True,
+        help="leave the history's own movies out of the results (--no-exclude_history keeps them)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        history = parse_history(args.history)
+        vocab, results, length = recommend(args.model_dir, history, args.k, args.exclude_history)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_format(history, vocab, results, length))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
