@@ -128,3 +128,18 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(schema.SchemaError, match="bad.tsv"):
         export.export_model(*towers, [10], str(tmp_path / "e"), str(bad))
     assert not (tmp_path / "e").exists()
+
+
+def test_export_under_mirrored_strategy(tmp_path):
+    vocab = list(range(1, 30))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        query_model, candidate_model = model.build_towers(vocab, 4, 4)
+        path = export.export_model(
+            query_model, candidate_model, vocab, str(tmp_path / "e"),
+            write_vocab(tmp_path / "v", vocab), k=5,
+        )
+    context = tf.constant([[3, 7, 9, 0]], tf.int64)
+    out = tf.saved_model.load(path).signatures["serving_default"](context_movie_id=context)
+    scores = query_model(context).numpy() @ candidate_model(tf.constant(vocab, tf.int64)).numpy().T
+    np.testing.assert_allclose(out["scores"][0], np.sort(scores[0])[::-1][:5], rtol=1e-5)
