@@ -1,0 +1,91 @@
+"""Devices and tf.distribute strategies.
+
+`configure_virtual_cpus` must run before TensorFlow initialises its runtime
+(before the first op or device query that creates a context), so the entry point
+calls it first. Splitting the CPU into logical devices lets a laptop, CI and the
+tests run real multi-replica MirroredStrategy training.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+from absl import logging
+
+
+def configure_virtual_cpus(n: int) -> None:
+    """Splits the first CPU into `n` logical devices (n <= 1: leaves it alone).
+
+    Raises:
+      RuntimeError: TensorFlow already started with another device count.
+    """
+    if n <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * n
+        )
+    except RuntimeError:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have != n:
+            raise RuntimeError(
+                f"--virtual_cpu_devices={n}: TensorFlow already started with {have} CPU "
+                "device(s); the split must happen before anything initialises TensorFlow"
+            ) from None
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy for --strategy.
+
+    auto: MirroredStrategy over every GPU; with no GPU, MirroredStrategy over
+      the logical CPUs if there are several (--virtual_cpu_devices), else the
+      default (single-device) strategy.
+    mirrored: MirroredStrategy over every GPU, else over every logical CPU.
+    multi_worker: MultiWorkerMirroredStrategy, cluster from TF_CONFIG.
+    default: the default strategy (one device, no distribution).
+    """
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(gpus or cpus)
+    if name == "auto":
+        if gpus:
+            return tf.distribute.MirroredStrategy(gpus)
+        if len(cpus) > 1:
+            return tf.distribute.MirroredStrategy(cpus)
+        return tf.distribute.get_strategy()
+    raise ValueError(f"--strategy={name!r}: unknown")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """This process's place in the cluster (chief = the one that writes)."""
+
+    task_type: str
+    task_id: int
+    is_chief: bool
+
+
+def task_of(strategy: tf.distribute.Strategy) -> Task:
+    """Chief is task "chief", or worker 0 when the cluster has no chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return Task("worker", 0, True)
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return Task(task_type, task_id, is_chief)
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    devices = getattr(strategy.extended, "worker_devices", None) or ()
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) {list(devices)}"
+
+
+def log_strategy(strategy: tf.distribute.Strategy) -> None:
+    logging.info("Distribution: %s", describe(strategy))

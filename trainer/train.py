@@ -1,0 +1,352 @@
+r"""Trains the sequential retrieval model on a data_dir; writes model_dir.
+
+    python -m trainer.train --data_dir=out/sample/data --model_dir=out/sample/model \
+        --virtual_cpu_devices=2 --epochs=3
+
+model_dir receives: checkpoints/ (every --checkpoint_every_steps and each
+epoch end; a rerun with the same model_dir resumes from the latest), train/ and
+eval/ TensorBoard events, config.json, metrics.json (test-split retrieval
+metrics and the popularity baseline) and export/ (SavedModel).
+
+The loop is deliberately one readable function (`run`): build, restore, then
+for each step: next batch -> one distributed step -> checkpoint/evaluate when due.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+# TensorFlow is imported inside functions: the entry point must split the CPU
+# into virtual devices (and TF_USE_LEGACY_KERAS must hold) before TF starts.
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    from trainer.config import OPTIMIZERS, STRATEGIES, TrainConfig
+
+    d = TrainConfig(data_dir="-", model_dir="-")
+    flags.DEFINE_string("data_dir", None, "Beam job output (local path or gs://).")
+    flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries, metrics, export go.")
+    flags.DEFINE_integer("epochs", d.epochs, "Total epochs (a resumed run trains what is left).")
+    flags.DEFINE_integer("global_batch_size", d.global_batch_size, "Examples per step, all replicas.")
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.")
+    flags.DEFINE_integer("embedding_dim", d.embedding_dim, "Embedding and GRU width.")
+    flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
+    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "Distribution strategy.")
+    flags.DEFINE_integer("virtual_cpu_devices", d.virtual_cpu_devices,
+                         "Split the CPU into N logical devices (replicas) before TF starts.")
+    flags.DEFINE_integer("checkpoint_every_steps", d.checkpoint_every_steps,
+                         "Checkpoint every N steps as well as at each epoch end (0: epochs only).")
+    flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "Checkpoints to keep.")
+    flags.DEFINE_integer("seed", d.seed, "Seed of weight init and per-epoch shuffles.")
+    flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples).")
+    flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Evaluation batch size.")
+    flags.DEFINE_bool("eval_every_epoch", d.eval_every_epoch, "Evaluate after every epoch.")
+    flags.DEFINE_bool("export", d.export, "Export a SavedModel to model_dir/export at the end.")
+    flags.mark_flags_as_required(["data_dir", "model_dir"])
+
+
+def config_from_flags():
+    from trainer.config import TrainConfig
+
+    return TrainConfig(
+        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, epochs=FLAGS.epochs,
+        global_batch_size=FLAGS.global_batch_size, learning_rate=FLAGS.learning_rate,
+        embedding_dim=FLAGS.embedding_dim, optimizer=FLAGS.optimizer, strategy=FLAGS.strategy,
+        virtual_cpu_devices=FLAGS.virtual_cpu_devices,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+        shuffle_buffer=FLAGS.shuffle_buffer, eval_batch_size=FLAGS.eval_batch_size,
+        eval_every_epoch=FLAGS.eval_every_epoch, export=FLAGS.export,
+    )
+
+
+def make_optimizer(cfg):
+    import tensorflow as tf
+
+    cls = {"adagrad": tf.keras.optimizers.Adagrad, "adam": tf.keras.optimizers.Adam,
+           "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
+    return cls(learning_rate=cfg.learning_rate)
+
+
+def build(info, cfg, strategy):
+    """Model + optimizer with every variable (and optimizer slot) created, so a
+    checkpoint restores at once and a shape mismatch surfaces immediately."""
+    import tensorflow as tf
+
+    from beam_jobs import schema
+    from trainer import model as model_lib
+
+    with strategy.scope():
+        tf.keras.utils.set_random_seed(cfg.seed)
+        query_model, candidate_model = model_lib.build_towers(
+            info.movie_ids, cfg.embedding_dim, info.context_length)
+        model = model_lib.SequentialRetrievalModel(
+            query_model, candidate_model, cfg.global_batch_size)
+        model({schema.CONTEXT_MOVIE_ID: tf.zeros([1, info.context_length], tf.int64),
+               schema.LABEL_MOVIE_ID: tf.zeros([1], tf.int64)})
+        optimizer = make_optimizer(cfg)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def make_replica_step(model, optimizer):
+    """One replica's step: features (per-replica batch) -> its per-example loss.
+
+    Call through `strategy.run`. apply_gradients in a replica context
+    all-reduces (SUMs) the gradients across replicas; the loss being
+    differentiated is divided by the GLOBAL batch for exactly that reason
+    (see SequentialRetrievalModel.compute_losses).
+    """
+    import tensorflow as tf
+
+    def replica_step(features):
+        with tf.GradientTape() as tape:
+            scaled, mean = model.compute_losses(features, training=True)
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return mean
+
+    return replica_step
+
+
+def make_train_step(model, optimizer, strategy):
+    """A tf.function running one step on every replica.
+
+    Returns:
+      step(distributed_batch) -> per-example loss of the global batch (scalar):
+      the MEAN of the replicas' per-example losses, exact because every
+      replica holds an equal (full) batch.
+    """
+    import tensorflow as tf
+
+    replica_step = make_replica_step(model, optimizer)
+
+    @tf.function
+    def step(batch):
+        per_replica = strategy.run(replica_step, args=(batch,))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    return step
+
+
+class _Evaluator:
+    """Calls trainer.evaluate (and trainer.export) when those modules exist."""
+
+    def __init__(self, info, cfg):
+        from trainer import data
+
+        self.info, self.cfg, self._popularity = info, cfg, None
+        self.dataset = data.make_eval_dataset(info, cfg.eval_batch_size)
+        try:
+            from trainer import evaluate
+        except ImportError:  # written in parallel by another change; absent => skip
+            evaluate = None
+            logging.warning("trainer.evaluate not found: no evaluation")
+        self.evaluate = evaluate
+
+    def __call__(self, model) -> dict | None:
+        if self.evaluate is None:
+            return None
+        if self._popularity is None:  # the same every epoch
+            self._popularity = self.evaluate.popularity_baseline(
+                self.dataset, self.info.movie_ids, self.info.counts)
+        test = self.evaluate.evaluate_retrieval(
+            model.query_model, model.candidate_model, self.dataset, self.info.movie_ids)
+        return {"test": test, "popularity": self._popularity}
+
+
+def _export(model, info, cfg, task) -> None:
+    from beam_jobs import schema
+
+    try:
+        from trainer import export
+    except ImportError:
+        logging.warning("trainer.export not found: no SavedModel written")
+        return
+    # Every worker exports (saving may take part in collectives); only the
+    # chief into model_dir.
+    target = (schema.join(cfg.model_dir, "export") if task.is_chief
+              else tempfile.mkdtemp(prefix="seqrec-worker-export-"))
+    export.export_model(model.query_model, model.candidate_model, info.movie_ids, target,
+                        schema.join(info.data_dir, schema.VOCAB_FILE))
+    logging.info("Exported SavedModel to %s", target)
+
+
+def _scalar(name: str, value, step: int) -> None:
+    """tf.summary.scalar without the tensorboard package (TF 2.21 no longer
+    depends on it): the same event record, written by the core summary op."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    tf.summary.write(name, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+
+
+def _write_json(path: str, obj) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def run(cfg) -> dict:
+    """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}.
+
+    Precondition: TensorFlow's devices are configured (the entry point calls
+    distribute.configure_virtual_cpus first).
+    """
+    import tensorflow as tf
+
+    from beam_jobs import schema
+    from trainer import checkpoints, data, distribute
+    from trainer import config as config_lib
+
+    # --- Check inputs and outputs before building anything. ---
+    info = data.load_data_dir(cfg.data_dir)
+    data.check_first_records(info)
+    checkpoints.probe_writable(cfg.model_dir)
+    checkpoints.check_compatible(cfg.model_dir, cfg)
+    steps_per_epoch = data.steps_per_epoch(info, cfg.global_batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    strategy = distribute.make_strategy(cfg.strategy)
+    distribute.log_strategy(strategy)
+    task = distribute.task_of(strategy)
+    if cfg.global_batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--global_batch_size={cfg.global_batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+
+    model, optimizer = build(info, cfg, strategy)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    restored = checkpoints.restore(checkpoint, cfg.model_dir)
+    step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
+    if restored:
+        logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
+                     restored, step, step // steps_per_epoch + 1, cfg.epochs)
+    metrics_path = schema.join(cfg.model_dir, "metrics.json")
+    if task.is_chief:
+        _write_json(schema.join(cfg.model_dir, config_lib.CONFIG_FILE), json.loads(cfg.to_json()))
+    if step >= total_steps and tf.io.gfile.exists(metrics_path):
+        logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not training "
+                     "again", step, total_steps, cfg.epochs, steps_per_epoch)
+        with tf.io.gfile.GFile(metrics_path) as f:
+            return json.loads(f.read())
+
+    writer = checkpoints.Writer(checkpoint, cfg.model_dir, task.is_chief, cfg.keep_checkpoints)
+    if task.is_chief:
+        train_log = tf.summary.create_file_writer(schema.join(cfg.model_dir, "train"))
+        eval_log = tf.summary.create_file_writer(schema.join(cfg.model_dir, "eval"))
+    else:
+        train_log = eval_log = tf.summary.create_noop_writer()
+    evaluator = _Evaluator(info, cfg)
+
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_train_dataset(
+            info, cfg.global_batch_size, cfg.epochs, cfg.seed, cfg.shuffle_buffer, ctx,
+            start_step=step))
+    iterator = iter(dataset)  # one iterator for the whole run (see data.py)
+    train_step = make_train_step(model, optimizer, strategy)
+    logging.info("Training steps %d..%d: %d epoch(s) x %d steps of %d examples (%d per replica)",
+                 step, total_steps, cfg.epochs, steps_per_epoch, cfg.global_batch_size,
+                 cfg.global_batch_size // strategy.num_replicas_in_sync)
+
+    results = {"step": step}
+    progbar, t0, t0_step = None, time.time(), step
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if progbar is None:
+            print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
+            progbar = tf.keras.utils.Progbar(steps_per_epoch)
+            progbar.update(in_epoch)
+        try:
+            loss = float(train_step(next(iterator)))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            bad = data.find_bad_shard(info, splits=(schema.TRAIN,))
+            if bad:
+                raise data.DataError(f"{bad[0]}: unreadable shard ({bad[1]}); training stopped at "
+                                     f"step {step}, the last checkpoint is kept") from None
+            raise e
+        except (tf.errors.OutOfRangeError, StopIteration):
+            raise data.DataError(
+                f"{info.data_dir}: the train split ended at step {step}, before the "
+                f"{info.num_examples[schema.TRAIN]} examples metadata.json counts") from None
+        step += 1
+        progbar.update(in_epoch + 1, values=[("loss", loss)])
+        with train_log.as_default():
+            _scalar("loss_per_example", loss, step)
+        epoch_end = step % steps_per_epoch == 0
+        if epoch_end or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
+            path = writer.save(step)
+            logging.info("Saved checkpoint %s", path)
+        if epoch_end:
+            progbar = None
+            rate = (step - t0_step) * cfg.global_batch_size / (time.time() - t0)
+            with train_log.as_default():
+                _scalar("examples_per_second", rate, step)
+            logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s",
+                         step // steps_per_epoch, step, model.loss_tracker.result().numpy(), rate)
+            model.loss_tracker.reset_state()
+            if task.is_chief and (cfg.eval_every_epoch or step == total_steps):
+                metrics = evaluator(model)
+                if metrics:
+                    results = {"step": step, **metrics}
+                    _write_json(metrics_path, results)
+                    with eval_log.as_default():
+                        for split, values in metrics.items():
+                            for k, v in values.items():
+                                _scalar(f"{split}/{k}", v, step)
+                    logging.info("Step %d test %s", step, _fmt(metrics["test"]))
+            t0, t0_step = time.time(), step
+    if results.get("step") != step and task.is_chief:  # resumed exactly at the end
+        metrics = evaluator(model)
+        if metrics:
+            results = {"step": step, **metrics}
+            _write_json(metrics_path, results)
+    if "popularity" in results:
+        logging.info("Popularity baseline %s", _fmt(results["popularity"]))
+    if cfg.export:
+        _export(model, info, cfg, task)
+    writer.close()
+    train_log.flush()
+    eval_log.flush()
+    return results
+
+
+def _fmt(metrics: dict) -> str:
+    keys = ("top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr")
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def main(argv) -> int:
+    del argv
+    from trainer import distribute
+
+    try:
+        cfg = config_from_flags()
+    except ValueError as e:  # a flag value TrainConfig rejects; the message names it
+        raise app.UsageError(str(e)) from None
+    # Before anything initialises TensorFlow.
+    distribute.configure_virtual_cpus(cfg.virtual_cpu_devices)
+    from beam_jobs import schema
+    from trainer import checkpoints, data
+
+    try:
+        run(cfg)
+    except (data.DataError, schema.SchemaError, checkpoints.ModelDirError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
