@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the Flex Template image (launcher + worker image) and writes the template spec.
+#
+#   infra/dataflow/build_flex_template.sh PROJECT REGION BUCKET [TAG]
+#
+# Image: REGION-docker.pkg.dev/PROJECT/seqrec/dataflow:TAG (Artifact Registry repository
+# "seqrec", created by infra/gcs/setup_bucket.sh). Spec: gs://BUCKET/templates/seqrec-TAG.json.
+# Then launch with:
+#   python infra/dataflow/launch.py --project=PROJECT --region=REGION --bucket=BUCKET \
+#     --flex_template=gs://BUCKET/templates/seqrec-TAG.json -- --sdk_container_image=IMAGE
+set -euo pipefail
+
+if [[ $# -lt 3 || $# -gt 4 ]]; then
+  echo "usage: $0 PROJECT REGION BUCKET [TAG]" >&2
+  exit 2
+fi
+project="$1"
+region="$2"
+bucket="$3"
+tag="${4:-$(git -C "$(dirname "$0")" rev-parse --short HEAD)}"
+repo_root="$(cd "$(dirname "$0")/../.." && pwd)"
+image="${region}-docker.pkg.dev/${project}/seqrec/dataflow:${tag}"
+spec="gs://${bucket}/templates/seqrec-${tag}.json"
+
+# Cloud Build builds from the repository root (its upload skips .gitignore'd paths such as
+# .venv/); BuildKit applies the Dockerfile's own .dockerignore.
+build_config="$(mktemp)"
+trap 'rm -f "${build_config}"' EXIT
+cat >"${build_config}" <<YAML
+steps:
+  - name: gcr.io/cloud-builders/docker
+    env: [DOCKER_BUILDKIT=1]
+    args: [build, -f, infra/dataflow/flex_template/Dockerfile, -t, "${image}", .]
+images: ["${image}"]
+YAML
+gcloud builds submit "${repo_root}" --project="${project}" --region="${region}" \
+  --config="${build_config}"
+
+gcloud dataflow flex-template build "${spec}" \
+  --project="${project}" \
+  --image="${image}" \
+  --sdk-language=PYTHON \
+  --metadata-file="${repo_root}/infra/dataflow/flex_template/metadata.json"
+
+echo "template: ${spec}"
+echo "image:    ${image}"

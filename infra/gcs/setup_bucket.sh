@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# One-time GCP set-up for seqrec: bucket, image repository, and two service accounts with
+# only the roles the jobs need (see infra/README.md, "Permissions", for why each one).
+#
+#   infra/gcs/setup_bucket.sh [--dry_run] [--launcher=user:ME@example.com] \
+#       [--gke_namespace=default] PROJECT REGION BUCKET
+#
+# Creates (skipping what exists):
+#   gs://BUCKET                              regional, uniform access, no public access
+#   REGION-docker.pkg.dev/PROJECT/seqrec     Artifact Registry (trainer + Dataflow images)
+#   seqrec-dataflow@PROJECT.iam...           Dataflow worker service account
+#   seqrec-trainer@PROJECT.iam...            Vertex AI / GKE training service account
+# --launcher grants a person or CI account what it needs to launch jobs as those accounts.
+# --gke_namespace binds the Kubernetes service account seqrec-trainer in that namespace to
+# seqrec-trainer@ (Workload Identity). --dry_run prints the commands and runs nothing.
+set -euo pipefail
+
+dry_run=0
+launcher=""
+gke_namespace=""
+args=()
+for arg in "$@"; do
+  case "${arg}" in
+    --dry_run) dry_run=1 ;;
+    --launcher=*) launcher="${arg#*=}" ;;
+    --gke_namespace=*) gke_namespace="${arg#*=}" ;;
+    -*)
+      echo "unknown flag: ${arg}" >&2
+      exit 2
+      ;;
+    *) args+=("${arg}") ;;
+  esac
+done
+if [[ ${#args[@]} -ne 3 ]]; then
+  echo "usage: $0 [--dry_run] [--launcher=user:EMAIL] [--gke_namespace=NS] PROJECT REGION BUCKET" >&2
+  exit 2
+fi
+project="${args[0]}"
+region="${args[1]}"
+bucket="${args[2]}"
+if [[ ! "${bucket}" =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]]; then
+  echo "BUCKET must be a bucket name without gs://, got '${bucket}'" >&2
+  exit 2
+fi
+if [[ -n "${launcher}" && ! "${launcher}" =~ ^(user|serviceAccount|group): ]]; then
+  echo "--launcher must be user:EMAIL, serviceAccount:EMAIL or group:EMAIL" >&2
+  exit 2
+fi
+
+dataflow_sa="seqrec-dataflow@${project}.iam.gserviceaccount.com"
+trainer_sa="seqrec-trainer@${project}.iam.gserviceaccount.com"
+
+run() {
+  echo "+ $*"
+  if [[ ${dry_run} -eq 0 ]]; then
+    "$@"
+  fi
+}
+
+# exists CMD...: true when a describe command succeeds (never in --dry_run: print all).
+exists() {
+  [[ ${dry_run} -eq 0 ]] && "$@" >/dev/null 2>&1
+}
+
+run gcloud services enable --project="${project}" \
+  dataflow.googleapis.com aiplatform.googleapis.com artifactregistry.googleapis.com \
+  cloudbuild.googleapis.com storage.googleapis.com
+
+if ! exists gcloud storage buckets describe "gs://${bucket}" --project="${project}"; then
+  run gcloud storage buckets create "gs://${bucket}" --project="${project}" \
+    --location="${region}" --uniform-bucket-level-access --public-access-prevention
+fi
+
+if ! exists gcloud artifacts repositories describe seqrec --project="${project}" \
+  --location="${region}"; then
+  run gcloud artifacts repositories create seqrec --project="${project}" \
+    --location="${region}" --repository-format=docker \
+    --description="seqrec trainer and Dataflow images"
+fi
+
+for sa in seqrec-dataflow seqrec-trainer; do
+  if ! exists gcloud iam service-accounts describe "${sa}@${project}.iam.gserviceaccount.com" \
+    --project="${project}"; then
+    run gcloud iam service-accounts create "${sa}" --project="${project}" \
+      --display-name="seqrec ${sa#seqrec-}"
+  fi
+done
+
+# Dataflow workers: run work items (project-level role; Dataflow has no narrower one) and
+# read/write/delete objects in this bucket only (inputs, outputs, temp and staging files).
+run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+  --member="serviceAccount:${dataflow_sa}" --role=roles/dataflow.worker
+run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
+  --member="serviceAccount:${dataflow_sa}" --role=roles/storage.objectAdmin
+
+# Trainer: read data, write model_dir, and delete old checkpoints (CheckpointManager keeps
+# the last N), so objectAdmin on this bucket; nothing at project level.
+run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
+  --member="serviceAccount:${trainer_sa}" --role=roles/storage.objectAdmin
+
+# Both pull their images from the seqrec repository only.
+for sa in "${dataflow_sa}" "${trainer_sa}"; do
+  run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
+    --location="${region}" --member="serviceAccount:${sa}" --role=roles/artifactregistry.reader
+done
+
+if [[ -n "${gke_namespace}" ]]; then
+  # Pods running as Kubernetes SA <namespace>/seqrec-trainer act as seqrec-trainer@.
+  run gcloud iam service-accounts add-iam-policy-binding "${trainer_sa}" --project="${project}" \
+    --role=roles/iam.workloadIdentityUser \
+    --member="serviceAccount:${project}.svc.id.goog[${gke_namespace}/seqrec-trainer]"
+  echo "then: kubectl -n ${gke_namespace} create serviceaccount seqrec-trainer && kubectl -n" \
+    "${gke_namespace} annotate serviceaccount seqrec-trainer" \
+    "iam.gke.io/gcp-service-account=${trainer_sa}"
+fi
+
+if [[ -n "${launcher}" ]]; then
+  # Launch Dataflow jobs and Vertex AI custom jobs, act as the two job accounts (only
+  # those two), stage files and push images.
+  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+    --member="${launcher}" --role=roles/dataflow.developer
+  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+    --member="${launcher}" --role=roles/aiplatform.user
+  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+    --member="${launcher}" --role=roles/cloudbuild.builds.editor
+  for sa in "${dataflow_sa}" "${trainer_sa}"; do
+    run gcloud iam service-accounts add-iam-policy-binding "${sa}" --project="${project}" \
+      --member="${launcher}" --role=roles/iam.serviceAccountUser
+  done
+  run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
+    --member="${launcher}" --role=roles/storage.objectAdmin
+  run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
+    --location="${region}" --member="${launcher}" --role=roles/artifactregistry.writer
+fi
+
+echo "bucket:               gs://${bucket}"
+echo "dataflow workers:     ${dataflow_sa}"
+echo "trainer:              ${trainer_sa}"
+echo "images:               ${region}-docker.pkg.dev/${project}/seqrec"
