@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import schema, timelines
+from beam_jobs import fastencode, schema, timelines
 
 FORMATS = {"dat": ("ratings.dat", "movies.dat"), "csv": ("ratings.csv", "movies.csv")}
 RATINGS_HEADER = b"userid,movieid,rating,timestamp"
@@ -304,13 +304,14 @@ class MoviesTable:
         self.genres = [genres[i] for i in order]
         self.years = np.asarray(years, dtype=np.int64)[order]
         self._encoded = None
+        self._bytes = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_encoded"] = None  # rebuilt per worker, not shipped
+        state["_encoded"] = state["_bytes"] = None  # rebuilt per worker, not shipped
         return state
 
     def rows(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -319,6 +320,12 @@ class MoviesTable:
         pos = np.minimum(pos, max(len(self.ids) - 1, 0))
         known = (self.ids[pos] == movie_ids) if len(self.ids) else np.zeros(len(movie_ids), bool)
         return np.where(known, pos, -1)
+
+    def movie_bytes(self) -> fastencode.MovieBytes:
+        """Wire pieces of every row as arrays (computed once per process)."""
+        if self._bytes is None:
+            self._bytes = fastencode.MovieBytes(self)
+        return self._bytes
 
     def encoded(self) -> list[timelines.EncodedMovie]:
         """Wire pieces of every row (computed once per process)."""

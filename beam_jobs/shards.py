@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from beam_jobs import movielens, schema, timelines
+from beam_jobs import fastencode, movielens, schema, timelines
 from beam_jobs.options import JobConfig
 from beam_jobs.outputs import PendingError, RangeStats, ShardResult
 from beam_jobs.tfrecord import TFRecordWriter
@@ -78,6 +78,35 @@ def _reasons(reasons: list[str]) -> dict[str, int]:
     return out
 
 
+BATCH_EXAMPLES = 32768  # bounds the gather's index arrays to ~100 MB
+
+
+def example_positions(user: np.ndarray, min_timeline_length: int, max_context_length: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Examples of user-sorted rows (each timeline already ordered).
+
+    Returns:
+      label_pos, ctx_start: [E] row index of each example's label / first context movie.
+      last: [E] bool, the example is its user's last. position: [E] index in the timeline.
+      users, short: users kept / dropped for fewer than min_timeline_length ratings.
+    """
+    n = len(user)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z.astype(bool), z, 0, 0
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    ends = np.r_[starts[1:], n]
+    long = (ends - starts) >= min_timeline_length
+    starts, ends = starts[long], ends[long]
+    counts = ends - starts - 1  # examples per kept user
+    label_pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum()) + 1
+    user_start = np.repeat(starts, counts)
+    ctx_start = np.maximum(user_start, label_pos - max_context_length)
+    last = label_pos == np.repeat(ends - 1, counts)
+    return (label_pos, ctx_start, last, label_pos - user_start, int(long.sum()),
+            int((~long).sum()))
+
+
 def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
                 movies: movielens.MoviesTable) -> ShardResult:
     """Orders each user's ratings, encodes their examples and writes both split files of
@@ -93,31 +122,26 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     # One sort orders users and, inside each user, the timeline by (timestamp, movie_id).
     order = np.lexsort((movie, ts, user))
     user, movie, rating = user[order], movie[order], rating[order]
-    rows = movies.rows(movie)
-    encoded = movies.encoded()
-    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.zeros(0, int)
-    ends = np.r_[starts[1:], len(user)].astype(int)
+    label_pos, ctx_start, last, position, users, short = example_positions(
+        user, cfg.min_timeline_length, cfg.max_context_length)
+    if cfg.split == "last":
+        train_mask = ~last
+    else:
+        train_mask = np.array([
+            timelines.is_train(int(u), int(p), 0, "random", cfg.train_fraction, cfg.seed)
+            for u, p in zip(user[label_pos].tolist(), position.tolist(), strict=True)], dtype=bool)
+    encoder = fastencode.ShardEncoder(movies.rows(movie), rating, movies.movie_bytes(),
+                                      cfg.max_context_length, cfg.max_context_movie_genre_length)
     name = schema.shard_name(shard, cfg.num_shards, cfg.compression)
-    train = TFRecordWriter(schema.join(cfg.output_dir, schema.TRAIN, name), cfg.compression)
-    test = TFRecordWriter(schema.join(cfg.output_dir, schema.TEST, name), cfg.compression)
-    labels: list[int] = []
-    users = short = 0
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        if e - s < cfg.min_timeline_length:
-            short += 1
-            continue
-        users += 1
-        timeline = [encoded[r] for r in rows[s:e].tolist()]
-        for is_train, label, record in timelines.encode_timeline(
-                int(user[s]), timeline, movie[s:e], rating[s:e], cfg.max_context_length,
-                cfg.max_context_movie_genre_length, cfg.split, cfg.train_fraction, cfg.seed):
-            if is_train:
-                train.write(record)
-                labels.append(label)
-            else:
-                test.write(record)
-    train.close()
-    test.close()
-    label_ids, label_counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
-    return ShardResult(shard, name, users, short, train.count, test.count, label_ids,
-                       label_counts.astype(np.int64))
+    counts = {}
+    for split, mask in ((schema.TRAIN, train_mask), (schema.TEST, ~train_mask)):
+        writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
+        lp, cs = label_pos[mask], ctx_start[mask]
+        for b in range(0, len(lp), BATCH_EXAMPLES):
+            data, lengths = encoder.encode(lp[b:b + BATCH_EXAMPLES], cs[b:b + BATCH_EXAMPLES])
+            writer.write_framed(fastencode.frame_records(data, lengths), len(lengths))
+        writer.close()
+        counts[split] = writer.count
+    label_ids, label_counts = np.unique(movie[label_pos[train_mask]], return_counts=True)
+    return ShardResult(shard, name, users, short, counts[schema.TRAIN], counts[schema.TEST],
+                       label_ids.astype(np.int64), label_counts.astype(np.int64))

@@ -62,6 +62,14 @@ class TFRecordWriter:
         if self._size >= _FLUSH_BYTES:
             self._flush()
 
+    def write_framed(self, framed: bytes, count: int) -> None:
+        """Appends `count` records already framed (fastencode.frame_records)."""
+        self._buf.append(framed)
+        self._size += len(framed)
+        self.count += count
+        if self._size >= _FLUSH_BYTES:
+            self._flush()
+
     def _flush(self) -> None:
         data = b"".join(self._buf)
         self._buf, self._size = [], 0
