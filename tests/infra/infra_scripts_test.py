@@ -1,0 +1,188 @@
+"""Shell scripts and Dockerfiles of infra/: linted, and the ones that can run here, run."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from infra_paths import INFRA, ROOT, files, tool
+
+ENTRYPOINT = os.path.join(INFRA, "trainer", "entrypoint.sh")
+SETUP_BUCKET = os.path.join(INFRA, "gcs", "setup_bucket.sh")
+
+
+def _run(cmd, env=None, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, **kw)
+
+
+def test_shell_scripts_pass_shellcheck():
+    scripts = files(".sh")
+    assert len(scripts) >= 4, scripts  # entrypoint, two image builds, bucket set-up
+    result = _run([tool("shellcheck"), "--severity=style", *scripts])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfiles_pass_hadolint():
+    dockerfiles = files("Dockerfile")
+    assert len(dockerfiles) == 2, dockerfiles  # trainer, Dataflow Flex Template
+    for path in dockerfiles:
+        result = _run([tool("hadolint"), "--no-color", path])
+        assert result.returncode == 0, f"{path}:\n{result.stdout}{result.stderr}"
+
+
+def _dockerfile_args(path: str) -> dict[str, str]:
+    with open(path, encoding="utf-8") as f:
+        return dict(re.findall(r"^ARG (\w+)=(\S+)$", f.read(), re.M))
+
+
+def _copy_sources(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.startswith("COPY ")]
+    sources = []
+    for line in lines:
+        parts = line.split()[1:]
+        if parts[0].startswith("--from="):
+            continue
+        sources += parts[:-1]
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", ["infra/trainer/Dockerfile",
+                                        "infra/dataflow/flex_template/Dockerfile"])
+def test_dockerfile_copies_only_existing_paths_its_dockerignore_keeps(dockerfile):
+    path = os.path.join(ROOT, dockerfile)
+    with open(path + ".dockerignore", encoding="utf-8") as f:
+        kept = [ln[1:].rstrip("/") for ln in f.read().splitlines() if ln.startswith("!")]
+    for source in _copy_sources(path):
+        assert os.path.exists(os.path.join(ROOT, source)), f"{dockerfile}: COPY {source}: missing"
+        assert any(source.rstrip("/") == k or source.startswith(k + "/") for k in kept), (
+            f"{dockerfile}: COPY {source} is excluded by its .dockerignore")
+
+
+def test_base_images_match_the_pinned_stack():
+    """The images must carry the versions setup.py pins: tf-keras 2.21 needs TF 2.21
+    exactly (a different base TF would be replaced by a CPU-only wheel), and Dataflow
+    workers must run the Beam and Python that built the job."""
+    import apache_beam
+    import tensorflow as tf
+
+    trainer = _dockerfile_args(os.path.join(INFRA, "trainer", "Dockerfile"))
+    assert trainer["BASE_IMAGE"] == f"tensorflow/tensorflow:{tf.__version__}-gpu"
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        assert f'"tensorflow>={".".join(tf.__version__.split(".")[:2])},' in f.read()
+
+    flex = _dockerfile_args(os.path.join(INFRA, "dataflow", "flex_template", "Dockerfile"))
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert flex["SDK_IMAGE"] == f"apache/beam_python{py}_sdk:{apache_beam.__version__}"
+    assert f"python{py.replace('.', '')}-template-launcher-base" in flex["LAUNCHER_IMAGE"]
+
+
+def test_trainer_image_sets_legacy_keras_and_runs_trainer():
+    with open(os.path.join(INFRA, "trainer", "Dockerfile"), encoding="utf-8") as f:
+        text = f.read()
+    assert re.search(r"^ENV TF_USE_LEGACY_KERAS=1\b", text, re.M)
+    assert 'ENTRYPOINT ["/usr/local/bin/seqrec-train"]' in text
+    assert "COPY infra/trainer/entrypoint.sh /usr/local/bin/seqrec-train" in text
+
+
+def test_entrypoint_execs_the_real_trainer_with_its_flags():
+    # The image's entry point runs `python -m trainer.train "$@"`; --helpfull lists the
+    # trainer's own flags without starting TensorFlow (absl exits 1 after help).
+    env = dict(os.environ, SEQREC_PYTHON=sys.executable)
+    result = _run(["bash", ENTRYPOINT, "--helpfull"], env=env, cwd=ROOT)
+    assert result.returncode in (0, 1), result.stderr
+    assert result.stdout.startswith("Trains the sequential retrieval model"), result.stdout[:300]
+    for flag in ("--data_dir", "--model_dir", "--strategy", "--checkpoint_every_steps"):
+        assert flag in result.stdout
+
+
+def _worker_env(index, num_workers=3, **extra):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(SEQREC_NUM_WORKERS=str(num_workers), JOB_COMPLETION_INDEX=str(index),
+               SEQREC_WORKER_HOST_PREFIX="run7-worker-0-", SEQREC_WORKER_DOMAIN="run7")
+    env.update(extra)
+    return env
+
+
+def test_entrypoint_tf_config_is_what_multi_worker_strategy_reads(monkeypatch):
+    """Each pod's TF_CONFIG, read by TensorFlow's own resolver (the one
+    MultiWorkerMirroredStrategy uses): same cluster everywhere, its own index."""
+    import tensorflow as tf
+
+    TFConfigClusterResolver = tf.distribute.cluster_resolver.TFConfigClusterResolver
+
+    expected = [f"run7-worker-0-{i}.run7:2222" for i in range(3)]
+    for index in range(3):
+        result = _run(["bash", ENTRYPOINT, "--print_tf_config"], env=_worker_env(index))
+        assert result.returncode == 0, result.stderr
+        monkeypatch.setenv("TF_CONFIG", result.stdout.strip())
+        resolver = TFConfigClusterResolver()
+        assert resolver.cluster_spec().as_dict() == {"worker": expected}
+        assert (resolver.task_type, resolver.task_id) == ("worker", index)
+
+
+def test_entrypoint_keeps_a_tf_config_it_is_given():
+    # Vertex AI sets TF_CONFIG (chief + workers) itself: it must reach the trainer as is.
+    vertex = json.dumps({"cluster": {"chief": ["h0:2222"], "worker": ["h1:2222"]},
+                         "task": {"type": "worker", "index": 0}})
+    result = _run(["bash", ENTRYPOINT, "--print_tf_config"],
+                  env=_worker_env(2, TF_CONFIG=vertex))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == json.loads(vertex)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"JOB_COMPLETION_INDEX": "3"}, "worker index must be an integer in [0, 3), got '3'"),
+    ({"JOB_COMPLETION_INDEX": ""}, "neither SEQREC_WORKER_INDEX nor JOB_COMPLETION_INDEX"),
+    ({"SEQREC_NUM_WORKERS": "two"}, "SEQREC_NUM_WORKERS must be a positive integer"),
+    ({"SEQREC_WORKER_HOST_PREFIX": ""}, "SEQREC_WORKER_HOST_PREFIX is required"),
+    ({"SEQREC_WORKER_DOMAIN": 'x"y'}, "must be lowercase DNS names"),
+])
+def test_entrypoint_rejects_a_broken_cluster_env(extra, message):
+    result = _run(["bash", ENTRYPOINT, "--print_tf_config"], env=_worker_env(0, **extra))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def _granted(lines: list[str]) -> list[tuple[str, str, str]]:
+    """(scope, member, role) of every IAM binding the script would add."""
+    out = []
+    for line in lines:
+        if "add-iam-policy-binding" not in line:
+            continue
+        scope = line.split("add-iam-policy-binding")[0].split()[-1]  # projects/buckets/...
+        member = re.search(r"--member=(\S+)", line).group(1)
+        role = re.search(r"--role=(\S+)", line).group(1)
+        out.append((scope, member, role))
+    return out
+
+
+def test_setup_bucket_grants_least_privilege():
+    result = _run(["bash", SETUP_BUCKET, "--dry_run", "--launcher=user:me@example.com",
+                   "--gke_namespace=ml", "my-proj", "us-central1", "my-bucket"])
+    assert result.returncode == 0, result.stderr
+    grants = _granted(result.stdout.splitlines())
+    trainer = "serviceAccount:seqrec-trainer@my-proj.iam.gserviceaccount.com"
+    dataflow = "serviceAccount:seqrec-dataflow@my-proj.iam.gserviceaccount.com"
+    # Project-wide, the job accounts get only the Dataflow worker role; storage rights are
+    # on this one bucket.
+    project_roles = {(m, r) for s, m, r in grants if s == "projects"}
+    assert {(m, r) for m, r in project_roles if m in (trainer, dataflow)} == {
+        (dataflow, "roles/dataflow.worker")}
+    assert ("buckets", trainer, "roles/storage.objectAdmin") in grants
+    assert ("buckets", dataflow, "roles/storage.objectAdmin") in grants
+    # No basic roles for anyone.
+    assert not {r for _, _, r in grants} & {"roles/owner", "roles/editor", "roles/viewer"}
+    # The launcher may act as exactly the two job accounts.
+    acts_as = [line for line in result.stdout.splitlines() if "serviceAccountUser" in line]
+    assert len(acts_as) == 2
+    assert "gs://my-bucket" in result.stdout and "--public-access-prevention" in result.stdout
+
+
+def test_setup_bucket_rejects_a_gs_uri_as_bucket():
+    result = _run(["bash", SETUP_BUCKET, "--dry_run", "p", "us-central1", "gs://b"])
+    assert result.returncode == 2
+    assert "BUCKET must be a bucket name without gs://" in result.stderr
