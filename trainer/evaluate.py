@@ -74,7 +74,12 @@ def candidate_embeddings(candidate_model: tf.keras.Model, movie_ids: Sequence[in
         tf.cast(candidate_model(tf.constant(ids[i : i + _CANDIDATE_CHUNK])), tf.float32)
         for i in range(0, len(ids), _CANDIDATE_CHUNK)
     ]
-    return tf.concat(chunks, axis=0)
+    embeddings = tf.concat(chunks, axis=0)
+    if embeddings.shape.rank != 2:
+        raise ValueError(
+            f"candidate_model must map ids [N] to embeddings [N, d], got shape {embeddings.shape}"
+        )
+    return embeddings
 
 
 def _vocab_table(movie_ids: np.ndarray) -> tf.lookup.StaticHashTable:

@@ -143,3 +143,14 @@ def test_export_under_mirrored_strategy(tmp_path):
     out = tf.saved_model.load(path).signatures["serving_default"](context_movie_id=context)
     scores = query_model(context).numpy() @ candidate_model(tf.constant(vocab, tf.int64)).numpy().T
     np.testing.assert_allclose(out["scores"][0], np.sort(scores[0])[::-1][:5], rtol=1e-5)
+
+
+def test_reexport_overwrites(tmp_path):
+    vocab_path = write_vocab(tmp_path / "v", [10, 20, 30, 40])
+    towers = hand_towers(QUERIES, CANDIDATES)
+    target = str(tmp_path / "e")
+    export.export_model(*towers, [10, 20, 30, 40], target, vocab_path, k=3)
+    export.export_model(*towers, [10, 20, 30, 40], target, vocab_path, k=2)
+    serve = tf.saved_model.load(target).signatures["serving_default"]
+    out = serve(context_movie_id=tf.constant([[10, 0, 0]], tf.int64))
+    np.testing.assert_array_equal(out["movie_ids"], [[30, 10]])
