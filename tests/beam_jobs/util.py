@@ -1,0 +1,97 @@
+"""Helpers for the beam_jobs tests: tiny MovieLens inputs, reading the job's outputs back."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from beam_jobs import schema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLE = os.path.join(ROOT, "data", "sample")
+
+# The golden input (see pipeline_test.test_golden_example for the hand-computed output).
+GOLDEN_MOVIES = [
+    "1::Toy Story (1995)::Animation|Children's|Comedy",
+    "2::Jumanji (1995)::Adventure|Children's|Fantasy",
+    "3::Heat::Action|Crime|Thriller",
+    "4::Casino (1995)::Drama",
+]
+GOLDEN_RATINGS = [
+    "7::3::4::978300200",
+    "7::1::5::978300100",
+    "7::4::1::978300150",
+    "7::2::3::978300100",
+    "9::1::5::1",
+    "9::2::5::2",
+]
+
+
+def write_input(directory, ratings, movies, fmt="dat", encoding="latin-1") -> str:
+    """Writes ratings/movies files (lists of lines or raw bytes) into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    for name, content in ((f"ratings.{fmt}", ratings), (f"movies.{fmt}", movies)):
+        if content is None:
+            continue
+        data = content if isinstance(content, bytes) else (
+            "".join(line + "\n" for line in content).encode(encoding))
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return str(directory)
+
+
+def feature_spec(metadata=None):
+    import tensorflow as tf
+
+    features = schema.features_from_metadata(metadata) if metadata else schema.features()
+    dtypes = {"int64": tf.int64, "float": tf.float32, "bytes": tf.string}
+    return {f.name: tf.io.FixedLenFeature([f.length], dtypes[f.dtype]) for f in features}
+
+
+def read_split(output_dir, split):
+    """Every example of a split, in shard order, as {name: list} (read with tf.data and
+    tf.io.parse_example, the way the trainer reads them)."""
+    import tensorflow as tf
+
+    metadata = read_metadata(output_dir)
+    files = [os.path.join(output_dir, split, n) for n in metadata["shards"][split]]
+    ds = tf.data.TFRecordDataset(
+        files, compression_type=schema.tf_compression_type(metadata["flags"]["compression"]))
+    out = []
+    for batch in ds.batch(4096):
+        parsed = tf.io.parse_example(batch, feature_spec(metadata))
+        n = int(tf.shape(batch)[0])
+        for i in range(n):
+            out.append({k: v[i].numpy().tolist() for k, v in parsed.items()})
+    return out
+
+
+def read_metadata(output_dir):
+    with open(os.path.join(output_dir, schema.METADATA_FILE)) as f:
+        return schema.loads_metadata(f.read(), output_dir)
+
+
+def output_files(output_dir):
+    """{relative path: bytes} of every file the job wrote."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(output_dir, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, output_dir)] = f.read()
+    return out
+
+
+def counters(result):
+    """{counter name: committed value} from a PipelineResult."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    res = result.metrics().query(MetricsFilter().with_namespace("seqrec"))
+    totals = {}
+    for c in res["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + value
+    return totals
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
