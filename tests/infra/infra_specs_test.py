@@ -275,3 +275,15 @@ def test_dataflow_launcher_cli_prints_the_command():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[1:3] == ["-m", "beam_jobs.pipeline"]
     assert "--runner=DataflowRunner" in result.stdout.split()
+
+
+def test_flex_template_entry_file_hands_its_flags_to_the_pipeline():
+    # The launcher container runs main.py with the template parameters as flags; --help
+    # shows they reach beam_jobs.pipeline's parser (run from the image's install path).
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(INFRA, "dataflow", "flex_template", "main.py"), "--help"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=INFRA)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m beam_jobs.pipeline")
+    assert "--num_shards" in result.stdout
