@@ -40,7 +40,7 @@ def job_error_message(e: BaseException) -> str | None:
     i = text.find(_JOB_ERROR)
     if i < 0:
         return None
-    return text[i + len(_JOB_ERROR):].split("\n")[0].strip(" '\"[]")
+    return text[i + len(_JOB_ERROR):].split("\n")[0].split(" [while running")[0].strip(" '\"")
 
 
 class ErrorRecord(NamedTuple):
