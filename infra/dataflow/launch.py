@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print("+", shlex.join(cmd), file=sys.stderr, flush=True)
     # From the repository root: beam_jobs is importable and setup.py builds from there.
-    return subprocess.call(cmd, cwd=REPO)
+    code = subprocess.call(cmd, cwd=REPO)
+    if code == 0 and args.dry_run:
+        print("dry run: the Dataflow job was built offline; nothing was submitted",
+              file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
