@@ -120,9 +120,10 @@ def _batch_ids(features: Mapping[str, tf.Tensor], table: tf.lookup.StaticHashTab
         message=f"{schema.LABEL_MOVIE_ID} must hold one id per example",
     )
     label_index = table.lookup(label)
-    tf.debugging.assert_non_negative(
-        label_index,
-        message=f"a {schema.LABEL_MOVIE_ID} is not in movie_ids (vocabulary and data do not match)",
+    tf.debugging.Assert(
+        tf.reduce_all(label_index >= 0),
+        [f"{schema.LABEL_MOVIE_ID} not in movie_ids (vocabulary and data do not match):",
+         tf.boolean_mask(label, label_index < 0)],
     )
     return context, label_index
 
@@ -137,11 +138,11 @@ def _excluded_context(context, label_index, table):
     """
     index = table.lookup(context)
     length = tf.shape(context)[1]
-    # earlier[b, i, j]: position j < i holds the same id as position i.
-    same = tf.equal(index[:, :, None], index[:, None, :])
-    before = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # j <= i
-    before = tf.logical_and(before, tf.logical_not(tf.eye(length, dtype=tf.bool)))  # j < i
-    repeated = tf.reduce_any(tf.logical_and(same, before[None]), axis=2)
+    # repeated[b, i]: some position j < i of row b holds the same id as i.
+    same = tf.equal(index[:, :, None], index[:, None, :])  # [B, L, L]
+    lower = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # j <= i
+    before = lower & ~tf.eye(length, dtype=tf.bool)  # j < i
+    repeated = tf.reduce_any(same & before[None], axis=2)
     mask = (index >= 0) & (index != label_index[:, None]) & ~repeated
     return tf.maximum(index, 0), mask
 
@@ -151,7 +152,8 @@ def _sums(rank: tf.Tensor, ks: tuple[int, ...], ndcg_k: int) -> tuple[tf.Tensor,
     hits = tf.stack([tf.reduce_sum(tf.cast(rank <= k, tf.float64)) for k in ks])
     reciprocal = tf.reduce_sum(1.0 / rank)
     ln2 = tf.constant(math.log(2.0), tf.float64)
-    gain = tf.where(rank <= ndcg_k, ln2 / tf.math.log(tf.minimum(rank, 1e300) + 1.0), 0.0)
+    # 1 / log2(rank + 1); a miss (rank = inf) gives 0 in both branches, no NaN.
+    gain = tf.where(rank <= ndcg_k, ln2 / tf.math.log(rank + 1.0), 0.0)
     return hits, reciprocal, tf.reduce_sum(gain)
 
 
@@ -174,7 +176,14 @@ def _stream(dataset: tf.data.Dataset, ranks_fn, ks, ndcg_k) -> dict:
             n += tf.cast(tf.size(rank), tf.float64)
         return hits, rr, ndcg, ties, n
 
-    hits, rr, ndcg, ties, n = (t.numpy() for t in run())
+    try:
+        hits, rr, ndcg, ties, n = (t.numpy() for t in run())
+    except tf.errors.InvalidArgumentError as e:
+        # Our own checks: surface their one-line message, not the graph trace.
+        failed = [line for line in e.message.splitlines() if "assertion failed:" in line]
+        if not failed:
+            raise
+        raise ValueError(f"evaluation data: {failed[0].strip()}") from e
     if n == 0:
         raise ValueError("evaluation dataset is empty")
     metrics = {f"top_{k}": float(h / n) for k, h in zip(ks, hits, strict=True)}
@@ -203,7 +212,7 @@ def evaluate_retrieval(
       dataset: batches of feature dicts with "context_movie_id" int64 [B, L]
         and "label_movie_id" int64 [B] (other keys are ignored).
       movie_ids: the candidate vocabulary, [V] distinct ints. Every label must
-        be in it (otherwise an InvalidArgumentError says so).
+        be in it (otherwise a ValueError lists the missing ones).
       ks: cut-offs for top-k accuracy.
       exclude_context: remove the movies of each query's own context from its
         ranking (the label itself is never removed, even if it is in the

@@ -211,8 +211,9 @@ def test_non_finite_scores_are_misses():
 
 def test_label_outside_vocabulary_is_an_error():
     towers = hand_towers(QUERIES, CANDIDATES)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="not in movie_ids"):
-        evaluate.evaluate_retrieval(*towers, batches([[1, 0, 0]], [4]), [1, 2, 3])
+    data = batches([[1, 0, 0]] * 3, [4, 2, 7], batch_size=3)
+    with pytest.raises(ValueError, match=r"label_movie_id not in movie_ids.*\] \[4 7\]$"):
+        evaluate.evaluate_retrieval(*towers, data, [1, 2, 3])
 
 
 def test_column_labels_are_flattened():
