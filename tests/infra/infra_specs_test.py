@@ -287,3 +287,47 @@ def test_flex_template_entry_file_hands_its_flags_to_the_pipeline():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m beam_jobs.pipeline")
     assert "--num_shards" in result.stdout
+
+
+def readme_launches() -> list[list[str]]:
+    """The `python infra/.../launch.py` commands of infra/README.md, as argv lists:
+    continuation lines joined, [optional] flags included, shell variables filled in."""
+    import re
+    import shlex
+
+    with open(os.path.join(INFRA, "README.md"), encoding="utf-8") as f:
+        text = f.read().replace("\\\n", " ")
+    values = {"PROJECT": "my-proj", "REGION": "us-central1", "BUCKET": "my-bucket",
+              "IMAGE": IMAGE}
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("python infra/"):
+            continue
+        line = re.sub(r"\s#\s.*$", "", line).replace("[", "").replace("]", "")
+        line = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], line)
+        out.append(shlex.split(line)[1:])
+    return out
+
+
+def test_readme_launch_commands_use_real_flags():
+    from beam_jobs import options
+
+    commands = readme_launches()
+    scripts = [c[0] for c in commands]
+    assert scripts.count("infra/dataflow/launch.py") == 3, scripts
+    assert scripts.count("infra/trainer/launch.py") == 2, scripts
+    for script, *argv in commands:
+        if script == "infra/trainer/launch.py":
+            args, docs = render(argv)
+            assert docs and args.run_name == "ml1m-gru32"
+            continue
+        args, extra = dataflow_launch.parse_args(argv)
+        cmd = dataflow_launch.command(args, extra)
+        if args.flex_template:
+            (params,) = [c for c in cmd if c.startswith("--parameters=")]
+            argv = ["--" + kv for kv in params[len("--parameters=^~^"):].split("~")]
+        else:
+            argv = cmd[3:]
+        _, beam_args, _ = options.parse_args(argv)
+        assert beam_unknown_flags(beam_args) == [], (script, argv)
