@@ -7,7 +7,7 @@
 # "seqrec", created by infra/gcs/setup_bucket.sh). Spec: gs://BUCKET/templates/seqrec-TAG.json.
 # Then launch with:
 #   python infra/dataflow/launch.py --project=PROJECT --region=REGION --bucket=BUCKET \
-#     --flex_template=gs://BUCKET/templates/seqrec-TAG.json -- --sdk_container_image=IMAGE
+#     --flex_template=gs://BUCKET/templates/seqrec-TAG.json --worker_image=IMAGE
 set -euo pipefail
 
 if [[ $# -lt 3 || $# -gt 4 ]]; then

@@ -72,6 +72,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="regions/REGION/subnetworks/NAME, for VPCs without a default network.")
     p.add_argument("--no_use_public_ips", action="store_true",
                    help="Workers without external IPs (needs Private Google Access).")
+    p.add_argument("--worker_image", default=None,
+                   help="Worker container with the project's dependencies preinstalled, e.g. "
+                   "the Flex Template image (--sdk_container_image); default: Dataflow's "
+                   "stock Beam image, and every worker pip-installs them at start-up.")
     p.add_argument("--flex_template", default=None,
                    help="gs:// path of a built Flex Template spec: launch that instead.")
     p.add_argument("--dry_run", action="store_true",
@@ -127,6 +131,8 @@ def dataflow_options(args: argparse.Namespace) -> list[str]:
         opts.append(f"--subnetwork={args.subnetwork}")
     if args.no_use_public_ips:
         opts.append("--no_use_public_ips")
+    if args.worker_image:
+        opts.append(f"--sdk_container_image={args.worker_image}")
     return opts
 
 
@@ -167,6 +173,8 @@ def flex_template_command(args: argparse.Namespace, extra: list[str]) -> list[st
         cmd.append(f"--subnetwork={args.subnetwork}")
     if args.no_use_public_ips:
         cmd.append("--disable-public-ips")
+    if args.worker_image:
+        params.append(f"sdk_container_image={args.worker_image}")
     # gcloud's dict syntax: ^~^ makes "~" the separator, so values may contain commas.
     return cmd + ["--parameters=^~^" + "~".join(params)]
 

@@ -214,7 +214,7 @@ def beam_unknown_flags(beam_args: list[str]) -> list[str]:
 DATAFLOW = ["--project=my-proj", "--region=us-central1", "--bucket=my-bucket",
             "--job_name=timelines-1", "--service_account_email=df@my-proj.iam.gserviceaccount.com",
             "--subnetwork=regions/us-central1/subnetworks/default", "--no_use_public_ips",
-            "--num_workers=2"]
+            "--num_workers=2", f"--worker_image={IMAGE}"]
 
 
 def test_every_dataflow_launcher_flag_is_accepted_by_the_pipeline_and_beam():
@@ -247,7 +247,7 @@ def test_flex_template_parameters_are_pipeline_flags():
     # The launcher's template parameters, parsed for real.
     args, extra = dataflow_launch.parse_args(
         DATAFLOW + ["--flex_template=gs://my-bucket/templates/seqrec.json", "--",
-                    "--num_shards=16", "--split=random", f"--sdk_container_image={IMAGE}"])
+                    "--num_shards=16", "--split=random"])
     cmd = dataflow_launch.command(args, extra)
     assert cmd[:5] == ["gcloud", "dataflow", "flex-template", "run", "timelines-1"]
     (params_arg,) = [c for c in cmd if c.startswith("--parameters=")]
