@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import schema
+from tests.gcs.fixtures import gcs_bucket, gcs_emulator  # noqa: F401
 from trainer import export, recommend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +56,7 @@ def model_dir(tmp_path_factory):
     return str(tmp / "run")
 
 
+@pytest.mark.slow
 def test_cli_prints_history_and_recommendations(model_dir):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
@@ -111,3 +113,31 @@ def test_model_dir_without_export(tmp_path, capsys):
     assert recommend.main([f"--model_dir={tmp_path}", "--history=1"]) == 2
     err = capsys.readouterr().err
     assert f"no exported model at {tmp_path}/export" in err
+
+
+@pytest.mark.slow
+def test_export_and_recommend_on_gcs(gcs_emulator, gcs_bucket):  # noqa: F811
+    # Both run in one fresh interpreter: TF's gs:// settings (proxy, CA) must be
+    # in the environment before TensorFlow loads.
+    vocab = "\t".join(schema.VOCAB_COLUMNS) + "\n" + "".join(
+        schema.format_vocab_row(i, 1, 2000, f"Movie {i} (2000)", "Drama") + "\n"
+        for i in range(1, 21)
+    )
+    gcs_emulator.client().bucket(gcs_bucket).blob("data/vocab.tsv").upload_from_string(vocab)
+    proc = gcs_emulator.run_python(
+        f"""
+        from trainer import export, model, recommend
+        towers = model.build_towers(list(range(1, 21)), 4, 3)
+        export.export_model(*towers, list(range(1, 21)), "gs://{gcs_bucket}/run/export",
+                            "gs://{gcs_bucket}/data/vocab.tsv", k=10)
+        recommend.main(["--model_dir=gs://{gcs_bucket}/run", "--history=3,4", "--k=4"])
+        """,
+        timeout=180,
+    )
+    names = {b.name for b in gcs_emulator.client().list_blobs(gcs_bucket, prefix="run/")}
+    assert {"run/export/saved_model.pb", "run/export/assets/vocab.tsv"} <= names
+    lines = proc.stdout.splitlines()
+    table = lines[lines.index("Top 4 recommendations:") + 2 :]
+    assert [line.split()[0] for line in table] == ["1", "2", "3", "4"]
+    assert not {line.split()[1] for line in table} & {"3", "4"}  # history excluded
+    assert "Movie 4 (2000)" in proc.stdout
