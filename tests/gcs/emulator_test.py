@@ -18,6 +18,8 @@ import pytest
 
 from tests.gcs.proxy import FAKE_TOKEN, add_batch_content_ids
 
+pytest_plugins = ["tests.gcs.fixtures"]
+
 
 def _names(gcs_emulator, bucket: str, prefix: str = "") -> list[str]:
     return sorted(b.name for b in gcs_emulator.client().list_blobs(bucket, prefix=prefix))
@@ -215,42 +217,10 @@ def test_tf_data_reads_gzip_tfrecord_shards(gcs_emulator, gcs_bucket):
     assert f"RECORDS {expected}" in proc.stdout
 
 
-def test_tf_checkpoint_manager_save_then_restore_in_new_process(gcs_emulator, gcs_bucket):
+def test_tf_checkpoints_and_saved_model_save_then_load_in_new_process(gcs_emulator, gcs_bucket):
+    """What the trainer does on gs://: CheckpointManager saves (old ones deleted) and a
+    SavedModel export; then a new process resumes and serves from them."""
     model_dir = f"gs://{gcs_bucket}/model"
-    gcs_emulator.run_python(
-        f"""
-        import tensorflow as tf
-        v = tf.Variable([1.0, 2.0])
-        step = tf.Variable(0, dtype=tf.int64)
-        ckpt = tf.train.Checkpoint(v=v, step=step)
-        manager = tf.train.CheckpointManager(ckpt, "{model_dir}/ckpt", max_to_keep=2)
-        for s in (1, 2, 3):  # the third save deletes the first checkpoint
-            step.assign(s)
-            v.assign_add([10.0, 10.0])
-            manager.save(checkpoint_number=s)
-        """
-    )
-    names = _names(gcs_emulator, gcs_bucket, "model/ckpt/")
-    assert "model/ckpt/checkpoint" in names
-    assert not any(n.startswith("model/ckpt/ckpt-1.") for n in names), names
-    assert any(n.startswith("model/ckpt/ckpt-3.") for n in names), names
-
-    proc = gcs_emulator.run_python(
-        f"""
-        import tensorflow as tf
-        v = tf.Variable([0.0, 0.0])
-        step = tf.Variable(0, dtype=tf.int64)
-        ckpt = tf.train.Checkpoint(v=v, step=step)
-        manager = tf.train.CheckpointManager(ckpt, "{model_dir}/ckpt", max_to_keep=2)
-        ckpt.restore(manager.latest_checkpoint).assert_consumed()
-        print("RESTORED", manager.latest_checkpoint, int(step.numpy()), v.numpy().tolist())
-        """
-    )
-    assert f"RESTORED {model_dir}/ckpt/ckpt-3 3 [31.0, 32.0]" in proc.stdout
-
-
-def test_tf_saved_model_save_then_load_in_new_process(gcs_emulator, gcs_bucket):
-    export_dir = f"gs://{gcs_bucket}/model/export"
     gcs_emulator.run_python(
         f"""
         import tensorflow as tf
@@ -263,16 +233,34 @@ def test_tf_saved_model_save_then_load_in_new_process(gcs_emulator, gcs_bucket):
             def __call__(self, x):
                 return x * self.w
 
-        tf.saved_model.save(Scale(), "{export_dir}")
+        v = tf.Variable([1.0, 2.0])
+        step = tf.Variable(0, dtype=tf.int64)
+        ckpt = tf.train.Checkpoint(v=v, step=step)
+        manager = tf.train.CheckpointManager(ckpt, "{model_dir}/ckpt", max_to_keep=1)
+        for s in (1, 2):  # the second save deletes the first checkpoint
+            step.assign(s)
+            v.assign_add([10.0, 10.0])
+            manager.save(checkpoint_number=s)
+        tf.saved_model.save(Scale(), "{model_dir}/export")
         """
     )
-    names = _names(gcs_emulator, gcs_bucket, "model/export/")
-    assert "model/export/saved_model.pb" in names, names
+    names = _names(gcs_emulator, gcs_bucket, "model/")
+    assert "model/ckpt/checkpoint" in names and "model/export/saved_model.pb" in names, names
+    assert not any(n.startswith("model/ckpt/ckpt-1.") for n in names), names
+    assert any(n.startswith("model/ckpt/ckpt-2.") for n in names), names
+
     proc = gcs_emulator.run_python(
         f"""
         import tensorflow as tf
-        loaded = tf.saved_model.load("{export_dir}")
+        v = tf.Variable([0.0, 0.0])
+        step = tf.Variable(0, dtype=tf.int64)
+        ckpt = tf.train.Checkpoint(v=v, step=step)
+        manager = tf.train.CheckpointManager(ckpt, "{model_dir}/ckpt", max_to_keep=1)
+        ckpt.restore(manager.latest_checkpoint).assert_consumed()
+        print("RESTORED", manager.latest_checkpoint, int(step.numpy()), v.numpy().tolist())
+        loaded = tf.saved_model.load("{model_dir}/export")
         print("OUT", loaded(tf.constant([1.0, 2.0])).numpy().tolist())
         """
     )
+    assert f"RESTORED {model_dir}/ckpt/ckpt-2 2 [21.0, 22.0]" in proc.stdout
     assert "OUT [3.0, 6.0]" in proc.stdout

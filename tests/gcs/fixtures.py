@@ -1,4 +1,7 @@
-"""pytest fixtures for the GCS emulator; register with `pytest_plugins = ["tests.gcs.fixtures"]`.
+"""pytest fixtures for the GCS emulator.
+
+Use them by declaring `pytest_plugins = ["tests.gcs.fixtures"]` in a test module
+(or once in tests/conftest.py, for the whole suite).
 
 - `gcs_emulator` (session): a started `GcsEmulator`; `host, port, env = gcs_emulator`.
   Pass `gcs_emulator.subprocess_env()` to any subprocess that uses gs:// (TF, Beam).
