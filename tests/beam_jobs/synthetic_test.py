@@ -55,6 +55,7 @@ def test_shape_matches_movielens_1m(small):
     out, stats, r = small
     users, movies, stars, ts = r.T
     per_user = np.bincount(users)[1:]
+    assert users.min() == 1 and users.max() == SMALL.num_users
     assert len(per_user) == SMALL.num_users and per_user.min() >= 20
     assert stats["ratings"] == len(r) == round(SMALL.num_users * SMALL.ratings_per_user)
     assert per_user.max() > 2.5 * np.median(per_user)  # heavy tail
@@ -81,7 +82,12 @@ def test_shape_matches_movielens_1m(small):
         assert re.search(r" \((19|20)\d\d\)$", title), title
         assert set(genres.split("|")) <= set(synthetic.GENRES), genres
     text = "\n".join(lines)
-    assert any(ord(c) > 127 for c in text) and "," in text
+    assert "," in text
+    # Non-ASCII titles are really Latin-1 on disk (one byte per letter), like ML-1M.
+    raw = _read(os.path.join(out, "movies.dat"))
+    assert any(ord(c) > 127 for c in text)
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
 
 
 def test_csv_format_parses_with_quoted_titles(tmp_path):
