@@ -46,15 +46,24 @@ def varint_matrix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ragged_gather(pool: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """concat(pool[s:s+l] for s, l in zip(starts, lens)) without a Python loop."""
+    """concat(pool[s:s+l] for s, l in zip(starts, lens)) without a Python loop.
+
+    The index of output byte k is built as a running sum of steps: +1 inside a segment and
+    a jump at each segment start (one cumsum instead of repeat + arange + add).
+    """
     lens = np.asarray(lens, dtype=np.int64)
+    keep = lens > 0
+    starts, lens = np.asarray(starts, np.int64)[keep], lens[keep]
     total = int(lens.sum())
     if total == 0:
         return np.zeros(0, dtype=pool.dtype)
+    dtype = np.int32 if len(pool) < 2**31 - 1 else np.int64
+    idx = np.ones(total, dtype=dtype)
     out_starts = np.cumsum(lens) - lens
-    idx = np.arange(total, dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - out_starts,
-                                                       lens)
-    return pool[idx]
+    idx[0] = starts[0]
+    idx[out_starts[1:]] = starts[1:] - (starts[:-1] + lens[:-1]) + 1
+    np.cumsum(idx, out=idx)
+    return np.take(pool, idx)
 
 
 class MovieBytes:
@@ -160,6 +169,35 @@ class ShardEncoder:
         self.base = base[:8]
         self.sbase = sbase[:4]
 
+    def encode_framed(self, label_pos: np.ndarray, ctx_start: np.ndarray) -> np.ndarray:
+        """The examples as consecutive TFRecords ([T] uint8): the 12-byte record headers
+        (length, masked crc of the length) are one more gathered segment; the data crcs are
+        filled in after the gather."""
+        starts, lens = self._segments(label_pos, ctx_start)
+        lengths = lens.sum(axis=1)
+        E = len(lengths)
+        if E == 0:
+            return np.zeros(0, np.uint8)
+        header = np.zeros((E, 12), dtype=np.uint8)
+        header[:, :8] = lengths.astype("<u8").view(np.uint8).reshape(E, 8)
+        uniq, inverse = np.unique(lengths, return_inverse=True)
+        len_crc = np.array([masked_crc32c(int(n).to_bytes(8, "little")) for n in uniq], "<u4")
+        header[:, 8:] = len_crc[inverse].view(np.uint8).reshape(E, 4)
+        pool = np.concatenate([self.pool, header.ravel(), np.zeros(4, np.uint8)])
+        hdr_base, zero4 = len(self.pool), len(self.pool) + 12 * E
+        starts = np.concatenate([(hdr_base + 12 * np.arange(E))[:, None], starts,
+                                 np.full((E, 1), zero4)], axis=1)
+        lens = np.concatenate([np.full((E, 1), 12), lens, np.full((E, 1), 4)], axis=1)
+        out = ragged_gather(pool, starts.ravel(), lens.ravel())
+        data_start = np.cumsum(lengths + 16) - (lengths + 16) + 12
+        raw = out.tobytes()
+        value = google_crc32c.value
+        crcs = np.array([value(raw[a:a + n]) for a, n in
+                         zip(data_start.tolist(), lengths.tolist(), strict=True)], np.uint64)
+        masked = ((((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF).astype("<u4")
+        out[(data_start + lengths)[:, None] + np.arange(4)] = masked.view(np.uint8).reshape(E, 4)
+        return out
+
     def encode(self, label_pos: np.ndarray, ctx_start: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         """Serialized examples.
@@ -170,6 +208,12 @@ class ShardEncoder:
         Returns:
           (bytes [T] uint8, lengths [E] int64): example e is the e-th slice.
         """
+        starts, lens = self._segments(label_pos, ctx_start)
+        return ragged_gather(self.pool, starts.ravel(), lens.ravel()), lens.sum(axis=1)
+
+    def _segments(self, label_pos: np.ndarray, ctx_start: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """[E, 15] pool offsets and lengths of the byte segments of each example."""
         L, G = self.L, self.G
         i, s = np.asarray(label_pos, np.int64), np.asarray(ctx_start, np.int64)
         E = len(i)
@@ -206,7 +250,7 @@ class ShardEncoder:
             yr_hdr[2][yr_payload], self.yr_off[i] - self.yr_off[s], pad,
             lb_hdr[2][lb_payload], lb_payload,
         ], axis=1)
-        return ragged_gather(self.pool, starts.ravel(), lens.ravel()), lens.sum(axis=1)
+        return starts, lens
 
 
 def encode_examples(rows, ratings, label_pos, ctx_start, movies: MovieBytes,

@@ -138,8 +138,8 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
         writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
         lp, cs = label_pos[mask], ctx_start[mask]
         for b in range(0, len(lp), BATCH_EXAMPLES):
-            data, lengths = encoder.encode(lp[b:b + BATCH_EXAMPLES], cs[b:b + BATCH_EXAMPLES])
-            writer.write_framed(fastencode.frame_records(data, lengths), len(lengths))
+            framed = encoder.encode_framed(lp[b:b + BATCH_EXAMPLES], cs[b:b + BATCH_EXAMPLES])
+            writer.write_framed(framed, len(lp[b:b + BATCH_EXAMPLES]))
         writer.close()
         counts[split] = writer.count
     label_ids, label_counts = np.unique(movie[label_pos[train_mask]], return_counts=True)

@@ -7,6 +7,8 @@ under a final name.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import posixpath
 import struct
 import uuid
@@ -50,6 +52,10 @@ class TFRecordWriter:
         self._compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
                             if compression == "gzip" else None)
         self._file = FileSystems.create(self._tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+        # Compression and writing run on one background thread (zlib and file writes release
+        # the GIL), overlapping with encoding; one thread keeps the byte order.
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tfrecord")
+        self._pending: collections.deque = collections.deque()
         self._buf: list[bytes] = []
         self._size = 0
         self.count = 0
@@ -73,13 +79,23 @@ class TFRecordWriter:
     def _flush(self) -> None:
         data = b"".join(self._buf)
         self._buf, self._size = [], 0
+        while len(self._pending) >= 2:  # bound the memory held by queued blocks
+            self._pending.popleft().result()
+        self._pending.append(self._io.submit(self._compress_write, data))
+
+    def _compress_write(self, data: bytes) -> None:
         self._file.write(self._compressor.compress(data) if self._compressor else data)
 
     def close(self) -> None:
-        self._flush()
-        if self._compressor:
-            self._file.write(self._compressor.flush())
-        self._file.close()
+        try:
+            self._flush()
+            while self._pending:
+                self._pending.popleft().result()
+            if self._compressor:
+                self._file.write(self._compressor.flush())
+        finally:
+            self._io.shutdown(wait=True)
+            self._file.close()
         _publish(self._tmp, self.path)
 
 

@@ -114,6 +114,13 @@ def test_encoders_equal_tensorflow_deterministic_serialization(L, G):
     assert [raw[a:a + n] for a, n in zip(starts, lengths, strict=True)] == want
     framed = fastencode.frame_records(data, lengths)
     assert framed == b"".join(tfrecord.frame(r) for r in want)
+    # The shard path: records framed inside the gather, in two batches.
+    encoder = fastencode.ShardEncoder(np.concatenate(rows_all), np.concatenate(ratings_all),
+                                      table.movie_bytes(), L, G)
+    half = len(label_pos) // 2
+    parts = [encoder.encode_framed(np.array(label_pos[a:b]), np.array(ctx_start[a:b])).tobytes()
+             for a, b in ((0, half), (half, len(label_pos)))]
+    assert b"".join(parts) == framed
 
 
 def test_tfrecord_writer_round_trip_with_tf_data(tmp_path):
