@@ -30,6 +30,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import socketserver
 import ssl
 import threading
@@ -126,6 +127,12 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120  # a stuck client must not pin a thread forever
     server: FrontServer
     tls_host: str | None = None
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in separate writes; with Nagle's algorithm and the
+        # client's delayed ACK every response would stall ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format, *args):
         pass  # quiet: failures are kept in server.errors instead
