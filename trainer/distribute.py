@@ -84,7 +84,21 @@ def task_of(strategy: tf.distribute.Strategy) -> Task:
 
 def describe(strategy: tf.distribute.Strategy) -> str:
     devices = getattr(strategy.extended, "worker_devices", None) or ()
-    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s) {list(devices)}"
+    name = type(strategy).__name__
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+    return f"{name} with {strategy.num_replicas_in_sync} replica(s) {list(devices)}"
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker got here (an all-reduce of a constant).
+
+    Used before exiting: a worker that exits while the chief still evaluates or
+    exports makes the coordination service report it as crashed.
+    """
+    if strategy.extended._in_multi_worker_mode():  # noqa: SLF001 (no public equivalent)
+        tf.function(lambda: strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))()
 
 
 def log_strategy(strategy: tf.distribute.Strategy) -> None:

@@ -14,6 +14,7 @@ for each step: next batch -> one distributed step -> checkpoint/evaluate when du
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -176,7 +177,10 @@ def _export(model, info, cfg, task) -> None:
               else tempfile.mkdtemp(prefix="seqrec-worker-export-"))
     export.export_model(model.query_model, model.candidate_model, info.movie_ids, target,
                         schema.join(info.data_dir, schema.VOCAB_FILE))
-    logging.info("Exported SavedModel to %s", target)
+    if task.is_chief:
+        logging.info("Exported SavedModel to %s", target)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _scalar(name: str, value, step: int) -> None:
@@ -209,15 +213,17 @@ def run(cfg) -> dict:
     from trainer import checkpoints, data, distribute
     from trainer import config as config_lib
 
-    # --- Check inputs and outputs before building anything. ---
+    # --- Check inputs and outputs before building anything. These use only
+    # tf.io.gfile: MultiWorkerMirroredStrategy must be created before anything
+    # initialises the TF runtime (tf.data, ops). ---
     info = data.load_data_dir(cfg.data_dir)
-    data.check_first_records(info)
     checkpoints.probe_writable(cfg.model_dir)
     checkpoints.check_compatible(cfg.model_dir, cfg)
     steps_per_epoch = data.steps_per_epoch(info, cfg.global_batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
     strategy = distribute.make_strategy(cfg.strategy)
+    data.check_first_records(info)
     distribute.log_strategy(strategy)
     task = distribute.task_of(strategy)
     if cfg.global_batch_size % strategy.num_replicas_in_sync:
@@ -314,6 +320,7 @@ def run(cfg) -> dict:
         logging.info("Popularity baseline %s", _fmt(results["popularity"]))
     if cfg.export:
         _export(model, info, cfg, task)
+    distribute.barrier(strategy)
     writer.close()
     train_log.flush()
     eval_log.flush()
@@ -327,12 +334,12 @@ def _fmt(metrics: dict) -> str:
 
 def main(argv) -> int:
     del argv
-    from trainer import distribute
-
     try:
         cfg = config_from_flags()
     except ValueError as e:  # a flag value TrainConfig rejects; the message names it
         raise app.UsageError(str(e)) from None
+    from trainer import distribute  # imports TensorFlow: after flag checks
+
     # Before anything initialises TensorFlow.
     distribute.configure_virtual_cpus(cfg.virtual_cpu_devices)
     from beam_jobs import schema
