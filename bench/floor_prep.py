@@ -85,13 +85,12 @@ def read_movies(input_dir: str, fmt: str) -> tuple[np.ndarray, list, list, np.nd
 # ---------------------------------------------------------------- protobuf layout
 
 
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 9)] + [2**63 - 1], dtype=np.int64)
+
+
 def _vlen(v: np.ndarray) -> np.ndarray:
     """Bytes of the base-128 varint of each (non-negative) value."""
-    v = np.asarray(v, dtype=np.int64)
-    n = np.ones(v.shape, dtype=np.int64)
-    for k in range(1, 10):
-        n += v >= (1 << (7 * k))
-    return n
+    return 1 + np.searchsorted(_VARINT_LIMITS, np.asarray(v, dtype=np.int64), side="right")
 
 
 def _prefix(key: str) -> bytes:
@@ -99,79 +98,58 @@ def _prefix(key: str) -> bytes:
     return b"\x0a" + timelines.varint(len(k)) + k + b"\x12"
 
 
-class _Layout:
-    """Collects segments of every record, then writes each byte once into one buffer.
+class _Columns:
+    """Records as padded byte columns plus a mask of the bytes that exist.
 
-    A segment is (kind, payload, per-record length). Records are laid out back to back, each
-    framed as a TFRecord: [length u64][crc u32][data][crc u32].
+    Every segment of a record (a constant, a varint, packed varints, raw bytes, genre pieces)
+    becomes a block of columns of an [n, width] uint8 matrix; `mask` marks the real bytes.
+    Concatenating the blocks and selecting matrix[mask] (row-major) yields every record's
+    segments back to back: the whole layout is one boolean selection, no per-record Python.
     """
 
     def __init__(self, n: int):
         self.n = n
-        self.segments: list[tuple[str, object, np.ndarray]] = []
+        self.blocks: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+
+    def raw(self, data: np.ndarray, mask: np.ndarray | None = None):
+        self.blocks.append(data)
+        self.masks.append(np.ones(data.shape, bool) if mask is None else mask)
 
     def const(self, data: bytes):
-        self.segments.append(("const", np.frombuffer(data, np.uint8), np.full(self.n, len(data))))
+        self.raw(np.broadcast_to(np.frombuffer(data, np.uint8), (self.n, len(data))))
 
-    def varint(self, values: np.ndarray):
-        self.segments.append(("varint", values, _vlen(values)))
-
-    def packed(self, values: np.ndarray):
-        nb = _vlen(values)
-        self.segments.append(("packed", (values, nb), nb.sum(axis=1)))
-
-    def raw(self, data: np.ndarray):  # [n, k] uint8
-        self.segments.append(("raw", data, np.full(self.n, data.shape[1])))
+    def varints(self, values: np.ndarray):
+        """[n] or [n, k] non-negative ints as (packed) varints, in column order."""
+        v = np.asarray(values, dtype=np.int64).reshape(self.n, -1)
+        nb = _vlen(v)
+        width = int(nb.max()) if v.size else 1
+        j = np.arange(width)
+        byte = (v[:, :, None] >> (7 * j)) & 0x7F
+        byte |= np.where(j < nb[:, :, None] - 1, 0x80, 0)
+        self.raw(byte.astype(np.uint8).reshape(self.n, -1),
+                 (j < nb[:, :, None]).reshape(self.n, -1))
 
     def pieces(self, ids: np.ndarray, table: np.ndarray, lengths: np.ndarray):
-        plen = lengths[ids]
-        self.segments.append(("pieces", (ids, table, plen), plen.sum(axis=1)))
+        """Rows of `table` (valid up to `lengths`) for each [n, k] id."""
+        w = table.shape[1]
+        self.raw(table[ids].reshape(self.n, -1),
+                 (np.arange(w) < lengths[ids][:, :, None]).reshape(self.n, -1))
 
-    def write(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(buffer, record data starts, record data ends), framing crcs still to fill."""
-        lens = np.stack([s[2] for s in self.segments], axis=1)  # [n, S]
-        data_len = lens.sum(axis=1)
-        framed = data_len + 16
-        rec_start = np.concatenate([[0], np.cumsum(framed)[:-1]])
-        seg_start = rec_start[:, None] + 12 + np.cumsum(lens, axis=1) - lens
-        out = np.zeros(int(framed.sum()), np.uint8)
-        # TFRecord header: little-endian length and the masked crc of those 8 bytes.
-        header = data_len.astype("<u8").view(np.uint8).reshape(self.n, 8)
-        out[rec_start[:, None] + np.arange(8)] = header
-        uniq, inv = np.unique(data_len, return_inverse=True)
-        hcrc = np.array([_masked(google_crc32c.value(int(x).to_bytes(8, "little")))
-                         for x in uniq], dtype="<u4")[inv]
-        out[rec_start[:, None] + 8 + np.arange(4)] = hcrc.view(np.uint8).reshape(self.n, 4)
-        for (kind, payload, length), start in zip(self.segments, seg_start.T, strict=True):
-            if kind == "const":
-                out[start[:, None] + np.arange(len(payload))] = payload
-            elif kind == "raw":
-                out[start[:, None] + np.arange(payload.shape[1])] = payload
-            elif kind == "varint":
-                _put_varints(out, start, payload, length)
-            elif kind == "packed":
-                values, nb = payload
-                elem = start[:, None] + np.cumsum(nb, axis=1) - nb
-                _put_varints(out, elem.ravel(), values.ravel(), nb.ravel())
-            else:
-                ids, table, plen = payload
-                elem = start[:, None] + np.cumsum(plen, axis=1) - plen
-                for j in range(table.shape[1]):
-                    m = plen > j
-                    out[elem[m] + j] = table[ids[m], j]
-        return out, rec_start + 12, rec_start + 12 + data_len
+    def join(self) -> tuple[np.ndarray, np.ndarray]:
+        """(all bytes, [n] byte length of each record)."""
+        mask = np.concatenate(self.masks, axis=1)
+        return np.concatenate(self.blocks, axis=1)[mask], mask.sum(axis=1)
 
 
-def _put_varints(out, start, values, nb):
-    values = np.asarray(values, dtype=np.int64)
-    for j in range(int(nb.max()) if len(nb) else 0):
-        m = nb > j
-        byte = (values[m] >> (7 * j)) & 0x7F
-        out[start[m] + j] = byte | np.where(nb[m] - 1 > j, 0x80, 0)
+def _masked(crc: np.ndarray) -> np.ndarray:
+    """TFRecord's CRC mask, on uint32 arrays."""
+    crc = crc.astype(np.uint64)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _masked(crc: int) -> int:
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+def _u32_bytes(x: np.ndarray) -> np.ndarray:
+    return x.astype("<u4").view(np.uint8).reshape(-1, 4)
 
 
 def encode_records(ids, ratings, years, genre_ids, labels, genre_table, genre_lens) -> bytes:
@@ -186,64 +164,67 @@ def encode_records(ids, ratings, years, genre_ids, labels, genre_table, genre_le
       framed by tf.io.TFRecordWriter (map entries in key order, as deterministic output is).
     """
     n, L = ids.shape
-    lay = _Layout(n)
 
-    def entry(key: str, feature_len: np.ndarray):
-        body = len(_prefix(key)) + _vlen(feature_len) + feature_len
-        lay.const(b"\x0a")
-        lay.varint(body)
-        lay.const(_prefix(key))
-        lay.varint(feature_len)
-
+    # Lengths first (bottom up), so every length prefix is known before any byte is laid out.
     def int_lengths(values):
-        p = _vlen(values).sum(axis=1)
-        inner = 1 + _vlen(p) + p
-        return p, inner, 1 + _vlen(inner) + inner
+        packed = _vlen(values).sum(axis=1)
+        inner = 1 + _vlen(packed) + packed  # Int64List: 0a len packed
+        return packed, inner, 1 + _vlen(inner) + inner  # Feature: 1a len Int64List
 
-    # Lengths first (bottom up), so every prefix is known before any byte is written.
-    b_len = genre_lens[genre_ids].sum(axis=1)
-    g_feat = 1 + _vlen(b_len) + b_len
-    ints = {k: int_lengths(v) for k, v in (("id", ids), ("year", years), ("label", labels[:, None]))}
-    f_inner = 1 + _vlen(4 * L) + 4 * L
-    f_feat = np.full(n, 1 + _vlen(np.array([f_inner]))[0] + f_inner)
-    total = np.zeros(n, np.int64)
-    for key, feat in ((schema.CONTEXT_MOVIE_GENRE, g_feat), (schema.CONTEXT_MOVIE_ID, ints["id"][2]),
-                      (schema.CONTEXT_MOVIE_RATING, f_feat),
-                      (schema.CONTEXT_MOVIE_YEAR, ints["year"][2]),
-                      (schema.LABEL_MOVIE_ID, ints["label"][2])):
-        body = len(_prefix(key)) + _vlen(feat) + feat
-        total += 1 + _vlen(body) + body
+    genre_len = genre_lens[genre_ids].sum(axis=1)
+    ints = {schema.CONTEXT_MOVIE_ID: (ids, int_lengths(ids)),
+            schema.CONTEXT_MOVIE_YEAR: (years, int_lengths(years)),
+            schema.LABEL_MOVIE_ID: (labels[:, None], int_lengths(labels[:, None]))}
+    f_inner = 1 + len(timelines.varint(4 * L)) + 4 * L
+    f_const = b"\x12" + timelines.varint(f_inner) + b"\x0a" + timelines.varint(4 * L)
+    features = {  # key -> Feature length, in key order (deterministic serialization)
+        schema.CONTEXT_MOVIE_GENRE: 1 + _vlen(genre_len) + genre_len,
+        schema.CONTEXT_MOVIE_ID: ints[schema.CONTEXT_MOVIE_ID][1][2],
+        schema.CONTEXT_MOVIE_RATING: np.full(n, len(f_const) + 4 * L),
+        schema.CONTEXT_MOVIE_YEAR: ints[schema.CONTEXT_MOVIE_YEAR][1][2],
+        schema.LABEL_MOVIE_ID: ints[schema.LABEL_MOVIE_ID][1][2],
+    }
+    bodies = {k: len(_prefix(k)) + _vlen(f) + f for k, f in features.items()}
+    total = sum(1 + _vlen(b) + b for b in bodies.values())
+    record_len = 1 + _vlen(total) + total
 
-    lay.const(b"\x0a")
-    lay.varint(total)
-    entry(schema.CONTEXT_MOVIE_GENRE, g_feat)
-    lay.const(b"\x0a")  # Feature.bytes_list
-    lay.varint(b_len)
-    lay.pieces(genre_ids, genre_table, genre_lens)
-    for key, name, values in ((schema.CONTEXT_MOVIE_ID, "id", ids),):
-        _int_feature(lay, entry, key, ints[name], values)
-    entry(schema.CONTEXT_MOVIE_RATING, f_feat)
-    lay.const(b"\x12" + timelines.varint(int(f_inner)) + b"\x0a" + timelines.varint(4 * L))
-    lay.raw(np.ascontiguousarray(ratings, dtype="<f4").view(np.uint8).reshape(n, 4 * L))
-    _int_feature(lay, entry, schema.CONTEXT_MOVIE_YEAR, ints["year"], years)
-    _int_feature(lay, entry, schema.LABEL_MOVIE_ID, ints["label"], labels[:, None])
-
-    out, starts, ends = lay.write()
+    cols = _Columns(n)
+    header = record_len.astype("<u8").view(np.uint8).reshape(n, 8)
+    cols.raw(header)  # TFRecord: u64 length, masked crc32c of those 8 bytes
+    uniq, inv = np.unique(record_len, return_inverse=True)
+    hcrc = _masked(np.array([google_crc32c.value(int(x).to_bytes(8, "little")) for x in uniq]))
+    cols.raw(_u32_bytes(hcrc[inv]))
+    cols.const(b"\x0a")  # Example.features
+    cols.varints(total)
+    for key in sorted(features):
+        cols.const(b"\x0a")  # Features.feature map entry: key, then Feature
+        cols.varints(bodies[key])
+        cols.const(_prefix(key))
+        cols.varints(features[key])
+        if key == schema.CONTEXT_MOVIE_GENRE:
+            cols.const(b"\x0a")  # Feature.bytes_list; its values are pre-encoded pieces
+            cols.varints(genre_len)
+            cols.pieces(genre_ids, genre_table, genre_lens)
+        elif key == schema.CONTEXT_MOVIE_RATING:
+            cols.const(f_const)  # Feature.float_list, FloatList.value packed
+            cols.raw(np.ascontiguousarray(ratings, dtype="<f4").view(np.uint8).reshape(n, 4 * L))
+        else:
+            values, (packed, inner, _) = ints[key]
+            cols.const(b"\x1a")  # Feature.int64_list
+            cols.varints(inner)
+            cols.const(b"\x0a")  # Int64List.value, packed
+            cols.varints(packed)
+            cols.varints(values)
+    cols.raw(np.zeros((n, 4), np.uint8))  # data crc, filled below
+    out, framed = cols.join()
+    ends = np.cumsum(framed) - 4
+    starts = ends - record_len
     buf = out.tobytes()
-    crcs = np.array([_masked(google_crc32c.value(buf[a:b]))
-                     for a, b in zip(starts.tolist(), ends.tolist(), strict=True)], dtype="<u4")
-    out[ends[:, None] + np.arange(4)] = crcs.view(np.uint8).reshape(n, 4)
+    crcs = np.fromiter((google_crc32c.value(buf[a:b])
+                        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)),
+                       dtype=np.uint64, count=n)
+    out[ends[:, None] + np.arange(4)] = _u32_bytes(_masked(crcs))
     return out.tobytes()
-
-
-def _int_feature(lay, entry, key, lengths, values):
-    p, inner, feat = lengths
-    entry(key, feat)
-    lay.const(b"\x1a")  # Feature.int64_list
-    lay.varint(inner)
-    lay.const(b"\x0a")  # Int64List.value, packed
-    lay.varint(p)
-    lay.packed(values)
 
 
 # ---------------------------------------------------------------- the contract
@@ -274,30 +255,32 @@ def build_examples(r: dict, movie_ids: np.ndarray, movie_genres: list, movie_yea
     pos = np.arange(len(user)) - np.repeat(starts, lengths)  # position in the timeline
     label = np.flatnonzero(pos >= 1)  # one example per position >= 1
     n_ctx = np.minimum(pos[label], L)
-    k = np.arange(L)
-    ctx = label[:, None] - n_ctx[:, None] + k  # oldest first
-    valid = k < n_ctx[:, None]
-    ctx = np.where(valid, ctx, 0)
-    ids = np.where(valid, movie[ctx], schema.PAD_MOVIE_ID)
-    ratings = np.where(valid, rating[ctx], np.float32(schema.PAD_RATING)).astype(np.float32)
-    years = np.where(valid, movie_years[row[ctx]], schema.PAD_YEAR)
+    # Context rows, oldest first; padding points at an extra row R holding the pad values,
+    # so each feature is one gather (int32 indices: half the memory traffic of int64).
+    R = len(user)
+    k = np.arange(L, dtype=np.int32)
+    ctx = (label - n_ctx).astype(np.int32)[:, None] + k
+    ctx = np.where(k < n_ctx[:, None], ctx, np.int32(R))
+    ids = np.append(movie, schema.PAD_MOVIE_ID)[ctx]
+    ratings = np.append(rating, np.float32(schema.PAD_RATING)).astype(np.float32)[ctx]
+    years = np.append(movie_years[row], schema.PAD_YEAR)[ctx]
     # Genres: the context movies' genres flattened in order, first G kept, "UNK" padded.
+    # Lay the genres of every kept rating out as one stream (gstart[j]: first genre of
+    # rating j); an example's genres are then the stream from its first context rating on,
+    # cut at its label: one [E, G] gather.
     names = sorted({g for gs in movie_genres for g in gs})
     index = {g: i for i, g in enumerate(names)}
-    width = max((len(gs) for gs in movie_genres), default=0)
     pad = len(names)
-    per_movie = np.full((len(movie_ids), max(width, 1)), pad)
-    for m, gs in enumerate(movie_genres):
-        per_movie[m, : len(gs)] = [index[g] for g in gs]
+    flat = np.array([index[g] for gs in movie_genres for g in gs] or [pad])
     count = np.array([len(gs) for gs in movie_genres])
-    gcount = np.where(valid, count[row[ctx]], 0)  # [E, L]
-    slot0 = np.cumsum(gcount, axis=1) - gcount
-    genre_ids = np.full((len(label), G), pad)
-    for j in range(width):
-        for c in range(L):
-            s = slot0[:, c] + j
-            m = (j < gcount[:, c]) & (s < G)
-            genre_ids[m, s[m]] = per_movie[row[ctx[m, c]], j]
+    first = np.cumsum(count) - count  # first genre of each movie in `flat`
+    gcount = count[row]
+    gstart = np.concatenate([[0], np.cumsum(gcount)])
+    within = np.arange(gstart[-1]) - np.repeat(gstart[:-1], gcount)
+    stream = flat[np.repeat(first[row], gcount) + within]
+    slot = gstart[label - n_ctx][:, None] + np.arange(G)
+    slot = np.where(slot < gstart[label][:, None], slot, len(stream))
+    genre_ids = np.append(stream, pad)[slot]
     is_last = np.append(user[1:] != user[:-1], True)
     is_train = ~is_last[label]
     return user[label], is_train, ids, ratings, years, genre_ids, movie[label], names

@@ -12,7 +12,8 @@ default, made by beam_jobs.synthetic) and write the same data contract with defa
                style of the TF Lite example generator the TFRS tutorial uses
   floor        bench/floor_prep.py: whole-array numpy/pyarrow, one process
 
-Each run is its own subprocess; wall time is measured around it and peak RSS is the largest
+Each run is its own subprocess; wall time is measured around it, CPU time (user + sys, median)
+from getrusage(RUSAGE_CHILDREN) (useful on a shared machine), and peak RSS is the largest
 sum of resident memory over the process and all its descendants, polled every 50 ms from
 /proc (so Beam's worker processes count). The table quotes the median wall time of
 --repeats runs. Afterwards every implementation's output is parsed back and fingerprinted
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -75,11 +77,18 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def measure(argv: list[str], log_path: str) -> tuple[float, int]:
-    """Runs argv; returns (wall seconds, peak tree RSS bytes). Raises on failure."""
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def measure(argv: list[str], log_path: str) -> tuple[float, int, float]:
+    """Runs argv; returns (wall s, peak tree RSS bytes, CPU s of it and the descendants it
+    waited for). Raises on failure."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     peak = [0]
+    cpu = _children_cpu()
     with open(log_path, "w") as log:
         t = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -96,11 +105,12 @@ def measure(argv: list[str], log_path: str) -> tuple[float, int]:
         wall = time.perf_counter() - t
         done.set()
         poller.join()
+    cpu = _children_cpu() - cpu
     if rc != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
         raise RuntimeError(f"{' '.join(argv)} exited with {rc}; log {log_path}:\n{tail}")
-    return wall, peak[0]
+    return wall, peak[0], cpu
 
 
 def generate_input(args, input_dir: str) -> None:
@@ -114,7 +124,7 @@ def generate_input(args, input_dir: str) -> None:
     if os.path.exists(stamp) and open(stamp).read() == " ".join(cmd):
         return
     shutil.rmtree(input_dir, ignore_errors=True)
-    wall, rss = measure([sys.executable, *cmd], os.path.join(args.work_dir, "synthetic.log"))
+    wall, rss, _ = measure([sys.executable, *cmd], os.path.join(args.work_dir, "synthetic.log"))
     print(f"generated input in {wall:.1f} s (peak RSS {rss / 2**20:.0f} MB): {input_dir}")
     with open(stamp, "w") as f:
         f.write(" ".join(cmd))
@@ -138,13 +148,13 @@ def table(results: dict, prints: dict) -> str:
             return "-"
         return f"{results[name]['median'] / results[base]['median']:.2f}x"
 
-    head = (f"{'impl':<10} {'wall s (median)':>16} {'min..max':>14} {'peak RSS MB':>12} "
+    head = (f"{'impl':<10} {'wall s (median)':>16} {'min..max':>14} {'CPU s':>7} {'peak RSS MB':>12} "
             f"{'examples':>10} {'vs reference':>13} {'vs floor':>9}")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         ex = prints[name]["train"]["examples"] + prints[name]["test"]["examples"]
         lines.append(f"{name:<10} {r['median']:>16.2f} {min(r['walls']):>6.2f}..{max(r['walls']):<6.2f} "
-                     f"{max(r['rss']) / 2**20:>12.0f} {ex:>10} {ratio(name, 'reference'):>13} "
+                     f"{r['cpu']:>7.2f} {max(r['rss']) / 2**20:>12.0f} {ex:>10} {ratio(name, 'reference'):>13} "
                      f"{ratio(name, 'floor'):>9}")
     return "\n".join(lines)
 
@@ -175,16 +185,18 @@ def main(argv=None) -> int:
     for name in impls:
         out = os.path.join(args.work_dir, "out", name)
         dirs[name] = out
-        walls, rss = [], []
+        walls, rss, cpus = [], [], []
         for rep in range(args.repeats):
             shutil.rmtree(out, ignore_errors=True)
             argv = [sys.executable, *IMPLS[name], f"--input_dir={input_dir}", f"--output_dir={out}"]
-            wall, peak = measure(argv, os.path.join(args.work_dir, f"{name}.{rep}.log"))
+            wall, peak, cpu = measure(argv, os.path.join(args.work_dir, f"{name}.{rep}.log"))
             walls.append(wall)
+            cpus.append(cpu)
             rss.append(peak)
-            print(f"{name} run {rep + 1}/{args.repeats}: {wall:.2f} s, peak RSS "
-                  f"{peak / 2**20:.0f} MB", flush=True)
-        results[name] = {"walls": walls, "rss": rss, "median": statistics.median(walls)}
+            print(f"{name} run {rep + 1}/{args.repeats}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
+                  f"peak RSS {peak / 2**20:.0f} MB", flush=True)
+        results[name] = {"walls": walls, "rss": rss, "median": statistics.median(walls),
+                         "cpu": statistics.median(cpus)}
 
     prints = fingerprints(dirs, args.work_dir)
     print()
