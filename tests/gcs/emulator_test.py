@@ -71,6 +71,29 @@ def test_batch_parts_get_content_ids_only_where_missing():
     assert b"Content-ID: <mine>" in fixed and fixed.endswith(b"--XYZ--\n")
 
 
+def test_front_forwards_chunked_uploads_and_refuses_other_hosts(gcs_emulator, gcs_bucket):
+    import http.client
+
+    conn = http.client.HTTPConnection(gcs_emulator.host, gcs_emulator.port, timeout=30)
+    # A chunked request body (as curl sends when the length is unknown) arrives whole.
+    conn.request(
+        "POST", f"/upload/storage/v1/b/{gcs_bucket}/o?uploadType=media&name=chunked.bin",
+        body=iter([b"abc", b"defgh"]), encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"},
+    )
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["size"] == "8"
+    # Same keep-alive connection: the proxy read exactly one request's bytes.
+    conn.request("GET", f"/download/storage/v1/b/{gcs_bucket}/o/chunked.bin?alt=media")
+    assert conn.getresponse().read() == b"abcdefgh"
+    conn.close()
+
+    conn = http.client.HTTPConnection(gcs_emulator.host, gcs_emulator.port, timeout=30)
+    conn.request("CONNECT", "example.com:443")
+    assert conn.getresponse().status == 403
+    conn.close()
+
+
 def test_storage_client_batch_delete(gcs_emulator, gcs_bucket):
     client = gcs_emulator.client()
     bucket = client.bucket(gcs_bucket)
