@@ -95,21 +95,19 @@ class GcsEmulator:
         # Bind the front first: the emulator needs its URL as -external-url, so the
         # upload sessions and media links it hands out lead back through the front.
         self.front = FrontServer(certs.cert, certs.key)
-        port = _free_port()
-        self.emulator_url = f"http://127.0.0.1:{port}"
         self._log = open(os.path.join(self.workdir, "fake-gcs-server.log"), "wb")
-        self.process = subprocess.Popen(
-            [
-                str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                "-backend", self.backend,
-                "-filesystem-root", os.path.join(self.workdir, "storage"),
-                "-external-url", self.front.url, "-log-level", "warn",
-            ],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        self._launch()
         try:
-            self._wait_ready(timeout)
+            for attempt in range(3):
+                try:
+                    self._wait_ready(timeout)
+                    break
+                except _ExitedEarly:
+                    # Most likely another process took the free port between our probe
+                    # and the emulator's bind: pick another one.
+                    if attempt == 2:
+                        raise
+                    self._launch()
             self.front.set_upstream(self.emulator_url)
             self._thread = threading.Thread(
                 target=self.front.serve_forever, kwargs={"poll_interval": 0.1},
@@ -123,11 +121,25 @@ class GcsEmulator:
         self.startup_seconds = time.monotonic() - started
         return self
 
+    def _launch(self) -> None:
+        port = _free_port()
+        self.emulator_url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [
+                str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                "-backend", self.backend,
+                "-filesystem-root", os.path.join(self.workdir, "storage"),
+                "-external-url", self.front.url, "-log-level", "warn",
+            ],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(
+                raise _ExitedEarly(
                     f"fake-gcs-server exited with {self.process.returncode}: {self.log_tail()}"
                 )
             try:
@@ -295,6 +307,10 @@ class GcsEmulator:
                 f"{self.front.errors[-20:] if self.front else None}"
             )
         return proc
+
+
+class _ExitedEarly(RuntimeError):
+    """fake-gcs-server exited before it answered."""
 
 
 def _free_port() -> int:
