@@ -148,6 +148,7 @@ def test_beam_filesystems_in_process(gcs_python_env, gcs_bucket):
     print(f"beam first write (incl. credential lookup): {first_write_s:.2f} s")
 
 
+@pytest.mark.slow
 def test_beam_write_to_text_in_subprocess(gcs_emulator, gcs_bucket):
     """A real Beam pipeline (DirectRunner) writing sharded text to gs:// and finalizing."""
     gcs_emulator.run_python(
@@ -167,6 +168,7 @@ def test_beam_write_to_text_in_subprocess(gcs_emulator, gcs_bucket):
     assert sorted(int(x) for x in lines) == list(range(20))
 
 
+@pytest.mark.slow
 def test_tf_gfile_ops(gcs_emulator, gcs_bucket):
     gcs_emulator.client().bucket(gcs_bucket).blob("in/from_gcs.txt").upload_from_string(b"gcs")
     proc = gcs_emulator.run_python(
@@ -221,6 +223,7 @@ def _tfrecord_gzip(records: list[bytes]) -> bytes:
     return gzip.compress(out.getvalue())
 
 
+@pytest.mark.slow
 def test_tf_data_reads_gzip_tfrecord_shards(gcs_emulator, gcs_bucket):
     bucket = gcs_emulator.client().bucket(gcs_bucket)
     for shard in range(2):
@@ -240,6 +243,7 @@ def test_tf_data_reads_gzip_tfrecord_shards(gcs_emulator, gcs_bucket):
     assert f"RECORDS {expected}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_tf_checkpoints_and_saved_model_save_then_load_in_new_process(gcs_emulator, gcs_bucket):
     """What the trainer does on gs://: CheckpointManager saves (old ones deleted) and a
     SavedModel export; then a new process resumes and serves from them."""
