@@ -45,25 +45,43 @@ def varint_matrix(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (groups | (more * 0x80)).astype(np.uint8), lens
 
 
+_GATHER_BLOCK = 1 << 21  # output bytes per index array: bounds memory to ~16 MB of indices
+
+
 def ragged_gather(pool: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """concat(pool[s:s+l] for s, l in zip(starts, lens)) without a Python loop.
+    """concat(pool[s:s+l] for s, l in zip(starts, lens)) without a per-segment Python loop.
 
     The index of output byte k is built as a running sum of steps: +1 inside a segment and
-    a jump at each segment start (one cumsum instead of repeat + arange + add).
+    a jump at each segment start (one cumsum instead of repeat + arange + add). Long outputs
+    are built in blocks of segments so the index arrays stay small.
     """
     lens = np.asarray(lens, dtype=np.int64)
     keep = lens > 0
     starts, lens = np.asarray(starts, np.int64)[keep], lens[keep]
-    total = int(lens.sum())
+    ends = np.cumsum(lens)
+    total = int(ends[-1]) if len(ends) else 0
     if total == 0:
         return np.zeros(0, dtype=pool.dtype)
-    dtype = np.int32 if len(pool) < 2**31 - 1 else np.int64
-    idx = np.ones(total, dtype=dtype)
+    if total <= _GATHER_BLOCK:
+        return _gather(pool, starts, lens, total)
+    cuts = np.searchsorted(ends, np.arange(_GATHER_BLOCK, total, _GATHER_BLOCK), side="right")
+    bounds = [0, *np.unique(cuts).tolist(), len(lens)]
+    out = np.empty(total, dtype=pool.dtype)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if a == b:
+            continue
+        lo = int(ends[a - 1]) if a else 0
+        out[lo:int(ends[b - 1])] = _gather(pool, starts[a:b], lens[a:b], int(ends[b - 1]) - lo)
+    return out
+
+
+def _gather(pool, starts, lens, total):
+    idx = np.ones(total, dtype=np.int64)
     out_starts = np.cumsum(lens) - lens
     idx[0] = starts[0]
     idx[out_starts[1:]] = starts[1:] - (starts[:-1] + lens[:-1]) + 1
     np.cumsum(idx, out=idx)
-    return np.take(pool, idx)
+    return pool[idx]
 
 
 class MovieBytes:

@@ -14,7 +14,20 @@ overhead, not parsing, dominated a per-line pipeline at 39-50 s for 1M ratings):
     Finalize:     counts -> bad-fraction check -> metadata.json -> _SUCCESS (last)
 
 Users go to shards by a stable hash and every shard is written by one DoFn call in user
-order, so the bytes do not depend on runner, worker count or bundle boundaries.
+order, so the bytes do not depend on runner, worker count or bundle boundaries. The same
+holds for vocab.tsv, errors/ and metadata.json: metadata has no timestamps or hostnames,
+and its "flags" leave out output_dir/overwrite/read_chunk_bytes (see JobConfig).
+
+Bad input:
+* Missing/empty input files, a nonexistent input_dir, a finished output_dir without
+  --overwrite: InputError/OutputError before the pipeline starts (exit status 2).
+* Malformed rating lines (blank, wrong field count, non-numeric, undecodable, id or rating
+  out of range) and rating lines naming a movie absent from the movies file are set aside
+  in errors/<input file>.tsv (file, 1-based line, reason, text), counted (Beam counters
+  "seqrec/malformed_<reason>", "seqrec/unknown_movie"; metadata.json counts) and, past
+  --max_bad_fraction of all rating lines together, fail the job before metadata.json and
+  _SUCCESS are written (exit status 1). Malformed movie lines are set aside and counted
+  too; they do not count towards the fraction (their ratings then count as unknown_movie).
 """
 from __future__ import annotations
 
