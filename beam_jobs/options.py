@@ -17,6 +17,10 @@ DEFAULT_MAX_BAD_FRACTION = 0.001
 DOWNLOADS = ("ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 
 
+class FlagError(ValueError):
+    """A flag combination the job refuses."""
+
+
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
     """Everything that decides the job's output. Saved (minus output_dir/overwrite) in

@@ -35,7 +35,7 @@ import dataclasses
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, TestOptions
 
 from beam_jobs import download, movielens, options, outputs, shards
 from beam_jobs.options import JobConfig
@@ -243,8 +243,13 @@ def prepare(argv: list[str] | None) -> tuple[JobConfig, movielens.InputFiles, Pi
     if cfg.download:
         cfg = dataclasses.replace(
             cfg, input_dir=download.download(cfg.download, cfg.input_dir, base_url))
-    inputs = movielens.find_inputs(cfg.input_dir)
     pipeline_options = PipelineOptions(beam_args)
+    if pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_threading":
+        # Seen here: lost records and "Invalid PaneInfoEncoding: 3" (shared/DESIGN.md).
+        raise options.FlagError(
+            "--direct_running_mode=multi_threading loses records on this Beam version; use "
+            "in_memory (default) or multi_processing")
+    inputs = movielens.find_inputs(cfg.input_dir)
     if not pipeline_options.view_as(TestOptions).dry_run:
         outputs.prepare_output_dir(cfg.output_dir, cfg.overwrite)
     return cfg, inputs, pipeline_options
@@ -263,7 +268,8 @@ def run(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (movielens.InputError, outputs.OutputError, download.DownloadError) as e:
+    except (movielens.InputError, outputs.OutputError, download.DownloadError,
+            options.FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a failure inside the pipeline: surface our own message

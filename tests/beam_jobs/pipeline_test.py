@@ -240,3 +240,11 @@ def test_unusable_input_stops_at_once(tmp_path, capsys, setup, message):
     err = capsys.readouterr().err
     assert message in err and str(d) in err
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_multi_threading_direct_runner_is_refused(tmp_path, capsys):
+    d = util.write_input(tmp_path / "in", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
+    assert pipeline.main([f"--input_dir={d}", f"--output_dir={tmp_path / 'out'}",
+                          "--direct_num_workers=2",
+                          "--direct_running_mode=multi_threading"]) == 2
+    assert "--direct_running_mode=multi_threading loses records" in capsys.readouterr().err
