@@ -120,11 +120,15 @@ def _batch_ids(features: Mapping[str, tf.Tensor], table: tf.lookup.StaticHashTab
         message=f"{schema.LABEL_MOVIE_ID} must hold one id per example",
     )
     label_index = table.lookup(label)
-    tf.debugging.Assert(
+    check = tf.debugging.Assert(
         tf.reduce_all(label_index >= 0),
         [f"{schema.LABEL_MOVIE_ID} not in movie_ids (vocabulary and data do not match):",
          tf.boolean_mask(label, label_index < 0)],
     )
+    # Without the dependency the gathers that use label_index may run first and
+    # fail with an anonymous "indices[0] = -1" error.
+    with tf.control_dependencies([check]):
+        label_index = tf.identity(label_index)
     return context, label_index
 
 
