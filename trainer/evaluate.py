@@ -115,19 +115,22 @@ def _batch_ids(features: Mapping[str, tf.Tensor], table: tf.lookup.StaticHashTab
     # Labels must be scalars per example; a [B, 1] label is flattened here
     # (and checked to really be one per row).
     label = tf.reshape(label, [-1])
-    tf.debugging.assert_equal(
-        tf.shape(label)[0], tf.shape(context)[0],
-        message=f"{schema.LABEL_MOVIE_ID} must hold one id per example",
-    )
     label_index = table.lookup(label)
-    check = tf.debugging.Assert(
-        tf.reduce_all(label_index >= 0),
-        [f"{schema.LABEL_MOVIE_ID} not in movie_ids (vocabulary and data do not match):",
-         tf.boolean_mask(label, label_index < 0)],
-    )
+    checks = [
+        tf.debugging.Assert(
+            tf.equal(tf.size(label), tf.shape(context)[0]),
+            [f"{schema.LABEL_MOVIE_ID} must hold one id per example; label ids and contexts:",
+             tf.size(label), tf.shape(context)[0]],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(label_index >= 0),
+            [f"{schema.LABEL_MOVIE_ID} not in movie_ids (vocabulary and data do not match):",
+             tf.boolean_mask(label, label_index < 0)],
+        ),
+    ]
     # Without the dependency the gathers that use label_index may run first and
     # fail with an anonymous "indices[0] = -1" error.
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies(checks):
         label_index = tf.identity(label_index)
     return context, label_index
 

@@ -228,6 +228,18 @@ def test_column_labels_are_flattened():
     assert got["mrr"] == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)
 
 
+def test_two_labels_per_example_is_an_error():
+    towers = hand_towers(QUERIES, CANDIDATES)
+    data = tf.data.Dataset.from_tensor_slices(
+        {
+            schema.CONTEXT_MOVIE_ID: tf.constant(CONTEXTS, tf.int64),
+            schema.LABEL_MOVIE_ID: tf.constant([[1, 2], [3, 4], [1, 2]], tf.int64),
+        }
+    ).batch(3)
+    with pytest.raises(ValueError, match="must hold one id per example.*6.*3"):
+        evaluate.evaluate_retrieval(*towers, data, VOCAB)
+
+
 def test_bad_arguments():
     towers = hand_towers(QUERIES, CANDIDATES)
     data = batches(CONTEXTS, LABELS)
