@@ -87,7 +87,7 @@ def find_inputs(input_dir: str) -> InputFiles:
         raise InputError(f"{ratings}: ratings file is empty")
     if ratings_size < 4096:
         # Cheap check for a file holding only a header and/or blank lines.
-        lines = [ln for ln in _read(ratings).splitlines() if ln.strip()]
+        lines = [ln for ln in read_bytes(ratings).splitlines() if ln.strip()]
         if fmt == "csv" and lines and _is_ratings_header(lines[0]):
             lines = lines[1:]
         if not lines:
@@ -95,7 +95,8 @@ def find_inputs(input_dir: str) -> InputFiles:
     return InputFiles(fmt, ratings, movies, ratings_size, movies_size)
 
 
-def _read(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
+    """The whole file at `path` (local or gs://)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
 

@@ -48,7 +48,7 @@ class _ParseMoviesFn(beam.DoFn):
         self._fmt = fmt
 
     def process(self, path):
-        data = movielens._read(path)
+        data = movielens.read_bytes(path)
         table, errors, num_lines = movielens.parse_movies(data, self._fmt)
         beam.metrics.Metrics.counter(NS, "movie_lines").inc(num_lines)
         beam.metrics.Metrics.counter(NS, "movies").inc(len(table))
