@@ -5,7 +5,6 @@ All output goes through Beam's FileSystems, so output_dir may be a gs:// URI.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import posixpath
@@ -102,14 +101,24 @@ def reason_counts(errors) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def resolve_line(error: PendingError, stats: list[RangeStats]) -> ErrorRecord:
+def newlines_before(stats: list[RangeStats]) -> dict[tuple[str, int], int]:
+    """{(file, range start): newlines in that file before the range}."""
+    out, totals = {}, {}
+    for s in sorted(stats, key=lambda s: (s.file, s.start)):
+        out[(s.file, s.start)] = totals.get(s.file, 0)
+        totals[s.file] = totals.get(s.file, 0) + s.newlines
+    return out
+
+
+def resolve_line(error: PendingError, before: dict[tuple[str, int], int]) -> ErrorRecord:
     """Line number = newlines before the error's range + lines before the range's first
     line + local index + 1."""
-    starts = sorted((s.start, s.newlines) for s in stats if s.file == error.file)
-    i = bisect.bisect_left(starts, (error.range_start, -1))
-    before = sum(n for _, n in starts[:i])
-    return ErrorRecord(error.file, before + error.lines_before + error.local_line + 1,
-                       error.reason, error.text)
+    line = before[(error.file, error.range_start)] + error.lines_before + error.local_line + 1
+    return ErrorRecord(error.file, line, error.reason, error.text)
+
+
+def by_file(record: ErrorRecord) -> tuple[str, ErrorRecord]:
+    return record.file, record
 
 
 def errors_file_name(input_file: str) -> str:

@@ -129,8 +129,11 @@ class ResolveLines(beam.PTransform):
         self._stats = stats
 
     def expand(self, pending):
+        before = (self._stats
+                  | "AllRangeStats" >> beam.combiners.ToList()
+                  | "NewlinesBefore" >> beam.Map(outputs.newlines_before))
         return pending | "NumberLines" >> beam.Map(
-            outputs.resolve_line, beam.pvalue.AsList(self._stats))
+            outputs.resolve_line, beam.pvalue.AsSingleton(before))
 
 
 class _BuildShardFn(beam.DoFn):
@@ -172,7 +175,7 @@ class WriteErrors(beam.PTransform):
 
     def expand(self, errors):
         every_file = errors.pipeline | "EveryInput" >> beam.Create([(f, None) for f in self._files])
-        return ((errors | "ByFile" >> beam.Map(lambda e: (e.file, e)), every_file)
+        return ((errors | "ByFile" >> beam.Map(outputs.by_file), every_file)
                 | "WithAllFiles" >> beam.Flatten()
                 | "GroupByFile" >> beam.GroupByKey()
                 | "WriteErrorFile" >> beam.Map(outputs.write_errors, self._output_dir))
