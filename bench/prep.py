@@ -142,6 +142,13 @@ def fingerprints(dirs: dict[str, str], work_dir: str) -> dict[str, dict]:
     return {name: by_dir[d] for name, d in dirs.items()}
 
 
+def _same_file(a: str, b: str) -> bool:
+    if not os.path.exists(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
 def table(results: dict, prints: dict) -> str:
     def ratio(name, base):
         if base not in results:
@@ -220,6 +227,12 @@ def main(argv=None) -> int:
     for name, f in prints.items():
         print(f"  {name}: train {f['train']['examples']} {f['train']['sha256'][:12]}  "
               f"test {f['test']['examples']} {f['test']['sha256'][:12]}")
+    if "beam" in dirs and "floor" in dirs:
+        # Not part of the contract (shard order and gzip level are the job's choice), but
+        # when it holds it is the strongest agreement there is.
+        same = all(_same_file(os.path.join(dirs["beam"], split, f), os.path.join(dirs["floor"], split, f))
+                   for split in ("train", "test") for f in os.listdir(os.path.join(dirs["beam"], split)))
+        print(f"floor shards byte-identical to the Beam job's: {'yes' if same else 'no'}")
     if not keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)
     return 0 if agree and vocab_agree else 1
