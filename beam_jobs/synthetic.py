@@ -15,7 +15,8 @@ fixed purpose, so the output does not depend on --block_size):
   a year (mostly the 1990s, 1919..2000), 1-4 of the 18 ML-1M genres drawn with ML-1M's genre
   frequencies (the first drawn is its *primary* genre), a title made of words (some titles end
   in ", The" and need CSV quoting; some words are Latin-1 non-ASCII like "Café"), a Zipf-like
-  popularity (weight 1/(rank+30)^0.9 over a random ranking) and a quality in [0, 1).
+  popularity (weight 1/(rank+30)^0.9 over a random ranking; 4.6% of movies get weight 0
+  and are only rated by chance, so ~3,700 of 3,883 are rated, like ML-1M) and a quality.
 * Transition graph: each movie has K=4 successors, with weights 0.45/0.25/0.18/0.12. A
   successor has the same primary genre with probability 0.7; successors are drawn with weight
   popularity^0.5, so they are NOT simply the popular movies: a model of "what comes next"
@@ -28,7 +29,8 @@ fixed purpose, so the output does not depend on --block_size):
   starts with probability 0.12 per step. Inside a session, with probability 0.65 the next
   movie is a successor of the previous one (if not seen yet); otherwise, and at session
   starts, it is drawn by popularity within a favourite genre (probability 0.5) or overall,
-  rejecting movies already rated (a few retries, then uniformly among unrated movies).
+  rejecting movies already rated (a few retries, then uniformly among the movies the user
+  has not rated, never-rated movies excluded).
 * Timestamps increase along the walk: inside a session the gap is 0 s with probability 0.2
   (rating several movies "at once": about a third of ratings share their timestamp with
   another of the same user, like ML-1M) or else ~1 + Exp(40) s; between sessions it is
@@ -82,6 +84,7 @@ P_ZERO_GAP = 0.2
 P_RATING_FROM_QUALITY = 0.4
 P_HALF_STAR = 0.25
 RETRIES = 4
+P_UNRATED = 1 - 3706 / 3883
 # Columns of the per-user uniform matrix, one row per rating.
 (C_BREAK, C_FOLLOW, C_SUCC, C_TASTE, C_FAV, C_POP) = range(6)
 C_FALLBACK = C_POP + RETRIES
@@ -147,6 +150,7 @@ class Movies:
     genre_cdf: np.ndarray  # [M]
     genre_members: np.ndarray  # [M] internal index of each genre_cdf entry
     genre_weights: np.ndarray  # [18] share of movies by primary genre
+    ratable: np.ndarray  # [M] bool, popularity > 0
 
 
 def _genre_sections(primary: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +162,8 @@ def _genre_sections(primary: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray
         end = start + int((primary == g).sum())
         if end > start:
             c = np.cumsum(weight[members[start:end]])
+            if c[-1] <= 0:  # every movie of the genre is unrated: draw them evenly
+                c = np.arange(1.0, end - start + 1)
             cdf[start:end] = g + c / c[-1]
             cdf[end - 1] = g + 1.0  # Exactly: a draw g+u, u<1, always lands in section g.
         start = end
@@ -191,6 +197,8 @@ def make_movies(cfg: Config) -> Movies:
     rank = rng.permutation(m)
     pop = 1.0 / (rank + 30.0) ** 0.9
     quality = rng.random(m)
+    # Like ML-1M (3,706 of 3,883 movies rated), a few movies are (almost) never rated.
+    pop[rng.random(m) < P_UNRATED] = 0.0
     pop_cdf = np.cumsum(pop) / pop.sum()
     pop_cdf[-1] = 1.0
     genre_cdf, genre_members = _genre_sections(primary, pop)
@@ -205,10 +213,11 @@ def make_movies(cfg: Config) -> Movies:
     anywhere = np.minimum(np.searchsorted(s_all, u, side="right"), m - 1)
     successors = np.where(same, in_genre, anywhere)
     self_loop = successors == np.arange(m)[:, None]
-    successors[self_loop] = (successors[self_loop] + 1) % m
-    genre_weights = np.bincount(primary, minlength=len(GENRES)) / m
+    successors[self_loop] = (successors[self_loop] + 1) % m  # may hit an unrated movie: rare
+    genre_weights = np.bincount(primary, weights=pop > 0, minlength=len(GENRES))
+    genre_weights /= max(genre_weights.sum(), 1.0)
     return Movies(ids, titles, genres, primary, quality, successors, pop_cdf, genre_cdf,
-                  genre_members, genre_weights)
+                  genre_members, genre_weights, pop > 0)
 
 
 def ratings_counts(cfg: Config) -> np.ndarray:
@@ -282,7 +291,9 @@ def _walk(movies: Movies, u: np.ndarray, offsets: np.ndarray, counts: np.ndarray
             fresh = ~seen[need, cand]
             choice[need[fresh]] = cand[fresh]
         for j in np.flatnonzero(choice < 0):  # Rare: heavy users who saw the likely ones.
-            unseen = np.flatnonzero(~seen[j])
+            unseen = np.flatnonzero(~seen[j] & movies.ratable)
+            if not len(unseen):
+                unseen = np.flatnonzero(~seen[j])
             choice[j] = unseen[int(ut[j, C_FALLBACK] * len(unseen))]
         seen[ar, choice] = True
         picked[rows] = choice

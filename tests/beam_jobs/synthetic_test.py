@@ -60,7 +60,9 @@ def test_shape_matches_movielens_1m(small):
     assert stats["ratings"] == len(r) == round(SMALL.num_users * SMALL.ratings_per_user)
     assert per_user.max() > 2.5 * np.median(per_user)  # heavy tail
     mix = np.bincount(stars, minlength=6)[1:] / len(stars)
-    np.testing.assert_allclose(mix, synthetic.RATING_MIX, atol=0.02)
+    # 40% of ratings follow their movie's quality, so with 300 movies the mix varies more
+    # than 24k independent draws would (measured on the ML-1M default: within 0.008).
+    np.testing.assert_allclose(mix, synthetic.RATING_MIX, atol=0.035)
     assert ts.min() >= synthetic.T_MIN and ts.max() <= synthetic.T_MAX
     # Distinct movies per user, like MovieLens.
     assert len(np.unique(users * 10**6 + movies)) == len(r)
@@ -77,6 +79,8 @@ def test_shape_matches_movielens_1m(small):
     assert len(ids) == SMALL.num_movies and ids == sorted(set(ids))
     assert max(ids) > len(ids)  # gaps like ML-1M's 1..3952
     assert set(movies.tolist()) <= set(ids)
+    # Like ML-1M (3,706 of 3,883), a few listed movies have no ratings at all.
+    assert 0.9 * len(ids) < stats["rated_movies"] == len(set(movies.tolist())) < len(ids)
     for line in lines:
         _, title, genres = line.split("::")
         assert re.search(r" \((19|20)\d\d\)$", title), title
