@@ -204,6 +204,10 @@ def test_too_many_bad_lines_fail_without_success(tmp_path, capsys):
     with pytest.raises(Exception, match="--max_bad_fraction=0.001"):
         _run(d, out, "--num_shards=1")
     assert not os.path.exists(os.path.join(out, schema.SUCCESS_FILE))
+    assert not os.path.exists(os.path.join(out, schema.METADATA_FILE))
+    # The set-aside lines the message points to are already written.
+    with open(os.path.join(out, schema.ERRORS_DIR, "ratings.dat.tsv")) as f:
+        assert len(f.read().splitlines()) == 1 + 5
     # The CLI prints our message, not a runner traceback, and exits non-zero.
     rc = pipeline.main([f"--input_dir={d}", f"--output_dir={out}", "--num_shards=1"])
     err = capsys.readouterr().err
