@@ -35,6 +35,31 @@ def configure_virtual_cpus(n: int) -> None:
             ) from None
 
 
+_strategies_made = 0
+
+
+def _mirrored(devices: list[str]) -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy with collective keys of its own.
+
+    Every MirroredStrategy numbers its collective ops from the same start, and
+    the runtime caches each op's shape by that number: a second strategy in the
+    same process (a notebook calling run() twice, a test session) that
+    all-reduces other shapes then fails with "Shape mismatch in the collective
+    instance". TF's own tests avoid that by moving the class's key base
+    (a private attribute); we give each strategy made here its own range and
+    leave the attribute as we found it.
+    """
+    global _strategies_made
+    _strategies_made += 1
+    cls = tf.distribute.MirroredStrategy
+    saved = cls._collective_key_base  # noqa: SLF001
+    cls._collective_key_base = 10_000_000 * _strategies_made  # noqa: SLF001
+    try:
+        return cls(devices)
+    finally:
+        cls._collective_key_base = saved  # noqa: SLF001
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy for --strategy.
 
@@ -52,12 +77,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(gpus or cpus)
+        return _mirrored(gpus or cpus)
     if name == "auto":
         if gpus:
-            return tf.distribute.MirroredStrategy(gpus)
+            return _mirrored(gpus)
         if len(cpus) > 1:
-            return tf.distribute.MirroredStrategy(cpus)
+            return _mirrored(cpus)
         return tf.distribute.get_strategy()
     raise ValueError(f"--strategy={name!r}: unknown")
 
@@ -83,7 +108,10 @@ def task_of(strategy: tf.distribute.Strategy) -> Task:
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-    devices = getattr(strategy.extended, "worker_devices", None) or ()
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy has none to list
+        devices = [d.name for d in tf.config.list_logical_devices()[:1]]
     name = type(strategy).__name__
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         name = "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy

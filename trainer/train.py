@@ -35,7 +35,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries, metrics, export go.")
     flags.DEFINE_integer("epochs", d.epochs, "Total epochs (a resumed run trains what is left).")
     flags.DEFINE_integer("global_batch_size", d.global_batch_size, "Examples per step, all replicas.")
-    flags.DEFINE_float("learning_rate", d.learning_rate, "Learning rate.")
+    flags.DEFINE_float("learning_rate", d.learning_rate,
+                       "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a "
+                       "rate ~batch times the tutorial's summed-loss rate).")
     flags.DEFINE_integer("embedding_dim", d.embedding_dim, "Embedding and GRU width.")
     flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
     flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "Distribution strategy.")
@@ -70,8 +72,17 @@ def config_from_flags():
 def make_optimizer(cfg):
     import tensorflow as tf
 
-    cls = {"adagrad": tf.keras.optimizers.Adagrad, "adam": tf.keras.optimizers.Adam,
-           "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
+    if cfg.optimizer == "adagrad":
+        # The tutorial's Adagrad(0.1) differentiates the SUM over the batch; we
+        # differentiate the mean (sum / B), whose gradients are B times smaller.
+        # Adagrad's step lr * g / sqrt(acc0 + sum g^2) is scale-free except for
+        # the initial accumulator acc0 (0.1 by default), which would then
+        # dominate and shrink the steps ~B-fold (the loss did not move at all).
+        # acc0 = 0.1 / B^2 gives exactly the tutorial's steps for the mean loss.
+        return tf.keras.optimizers.Adagrad(
+            learning_rate=cfg.learning_rate,
+            initial_accumulator_value=0.1 / cfg.global_batch_size**2)
+    cls = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
     return cls(learning_rate=cfg.learning_rate)
 
 
@@ -201,6 +212,16 @@ def _write_json(path: str, obj) -> None:
         f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _preflight_gcs(cfg) -> None:
+    """Bounded gs:// checks (trainer/storage.py): TF's own gs:// filesystem spins
+    forever on a missing bucket. Local paths are checked by data/checkpoints."""
+    from trainer import storage
+
+    for uri, need_write in ((cfg.data_dir, False), (cfg.model_dir, True)):
+        if uri.startswith(storage.GCS_SCHEME):
+            storage.preflight(uri, need_write=need_write)
+
+
 def run(cfg) -> dict:
     """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}.
 
@@ -216,6 +237,7 @@ def run(cfg) -> dict:
     # --- Check inputs and outputs before building anything. These use only
     # tf.io.gfile: MultiWorkerMirroredStrategy must be created before anything
     # initialises the TF runtime (tf.data, ops). ---
+    _preflight_gcs(cfg)
     info = data.load_data_dir(cfg.data_dir)
     checkpoints.probe_writable(cfg.model_dir)
     checkpoints.check_compatible(cfg.model_dir, cfg)
@@ -343,11 +365,12 @@ def main(argv) -> int:
     # Before anything initialises TensorFlow.
     distribute.configure_virtual_cpus(cfg.virtual_cpu_devices)
     from beam_jobs import schema
-    from trainer import checkpoints, data
+    from trainer import checkpoints, data, storage
 
+    errors = (data.DataError, schema.SchemaError, checkpoints.ModelDirError, storage.StorageError)
     try:
         run(cfg)
-    except (data.DataError, schema.SchemaError, checkpoints.ModelDirError) as e:
+    except errors as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from beam_jobs import schema
 from tests.trainer import datadir
-from trainer import data
+from trainer import data, distribute
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_run_stream_is_deterministic_and_skips_consumed_steps(good):
 
 def test_replicas_get_per_replica_batches(good):
     info = data.load_data_dir(good[0])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.make_strategy("mirrored")  # over the 2 logical CPUs
     ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.make_train_dataset(info, 32, 1, 0, 100, ctx))
     batch = next(iter(ds))

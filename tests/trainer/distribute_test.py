@@ -32,7 +32,7 @@ def _build(global_batch):
 
 
 def test_two_replicas_apply_the_mean_of_the_halves_gradients():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.make_strategy("mirrored")  # over the 2 logical CPUs
     assert strategy.num_replicas_in_sync == 2
     features = _features()
     with strategy.scope():
@@ -81,6 +81,7 @@ def test_make_strategy_on_logical_cpus(name, replicas):
     strategy = distribute.make_strategy(name)
     assert strategy.num_replicas_in_sync == replicas
     assert distribute.task_of(strategy).is_chief
+    assert f"with {replicas} replica(s)" in distribute.describe(strategy)
 
 
 def test_virtual_cpus_cannot_change_after_tf_started():
