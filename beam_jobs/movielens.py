@@ -53,10 +53,15 @@ class InputFiles:
 
 
 def _size(path: str) -> int | None:
+    """Size of `path`, None if it does not exist; other failures (e.g. no credentials for
+    gs://) raise InputError with their cause rather than pretending the file is missing."""
     try:
-        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-    except (IndexError, OSError, Exception):  # noqa: B014 - BeamIOError is an IOError
-        return None
+        found = FileSystems.match([path])[0].metadata_list
+    except Exception as e:  # BeamIOError wraps the filesystem's own exception
+        if "No such file" in str(e) or "not found" in str(e).lower():
+            return None
+        raise InputError(f"{path}: cannot read its metadata: {e}") from e
+    return found[0].size_in_bytes if found else None
 
 
 def find_inputs(input_dir: str) -> InputFiles:
