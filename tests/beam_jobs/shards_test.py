@@ -1,0 +1,32 @@
+"""beam_jobs.shards: packed shuffle columns and example positions."""
+import numpy as np
+import pytest
+
+from beam_jobs import shards
+
+
+def test_columns_round_trip():
+    user = [5, 5, 3, 5, 5, 9]  # not grouped: runs still decode in order
+    movie = [1, 2, 3, 4, 5, 2**31 - 1]
+    rating = [0.5, 5.0, 3.5, 2.0, 1.0, 4.5]
+    for ts in ([10, 9, 8, 7, 6, 5], [0, 2**40, 3, 4, 5, 2**62]):  # uint32 offsets / int64
+        c = shards.Columns(user, movie, rating, ts)
+        assert c.user.tolist() == user and c.movie.tolist() == movie
+        assert c.rating.tolist() == rating and c.timestamp.tolist() == ts
+        assert len(c) == 6
+    assert shards.Columns([5] * 4, [1] * 4, [1.0] * 4, [1] * 4).run_users.tolist() == [5]
+    empty = shards.Columns([], [], [], [])
+    assert len(empty) == 0 and empty.user.tolist() == [] and empty.timestamp.tolist() == []
+    with pytest.raises(ValueError, match="multiples of 0.5"):
+        shards.Columns([1], [1], [4.25], [1])
+
+
+def test_example_positions():
+    # Users (sorted rows): 1 x4, 2 x2 (short, dropped at min length 3), 3 x3. Context 2.
+    user = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
+    label, ctx, last, position, users, short = shards.example_positions(user, 3, 2)
+    assert label.tolist() == [1, 2, 3, 7, 8]
+    assert ctx.tolist() == [0, 0, 1, 6, 6]           # max(user start, label - 2)
+    assert last.tolist() == [False, False, True, False, True]
+    assert position.tolist() == [1, 2, 3, 1, 2]
+    assert (users, short) == (2, 1)
