@@ -165,3 +165,11 @@ def test_adagrad_on_the_mean_loss_steps_like_the_tutorial_on_the_sum():
         ours.apply_gradients([(tape.gradient(loss_mean, w_mean), w_mean)])
     assert not np.allclose(w_sum.numpy(), [1.0, -2.0], atol=0.1)  # it moved
     np.testing.assert_allclose(w_mean.numpy(), w_sum.numpy(), rtol=1e-4)
+
+
+def test_default_strategy_trains_on_one_device(data_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="absl")
+    cfg = _config(data_dir, tmp_path, strategy="default", epochs=1, eval_every_epoch=False,
+                  export=False)
+    assert train.run(cfg)["step"] == STEPS_PER_EPOCH
+    assert "_DefaultDistributionStrategy with 1 replica(s)" in caplog.text
