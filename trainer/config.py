@@ -23,6 +23,10 @@ CONFIG_FILE = "config.json"
 SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer"}
 
 
+class ConfigError(ValueError):
+    """Flag values that cannot work (the message names the flag)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training run. Defaults are the TFRS sequential retrieval tutorial's.
@@ -69,7 +73,7 @@ class TrainConfig:
     def __post_init__(self):
         def need(ok: bool, flag: str, what: str):
             if not ok:
-                raise ValueError(f"--{flag} {what}, got {getattr(self, flag)!r}")
+                raise ConfigError(f"--{flag} {what}, got {getattr(self, flag)!r}")
 
         need(bool(self.data_dir), "data_dir", "is required")
         need(bool(self.model_dir), "model_dir", "is required")

@@ -249,8 +249,9 @@ def run(cfg) -> dict:
     distribute.log_strategy(strategy)
     task = distribute.task_of(strategy)
     if cfg.global_batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f"--global_batch_size={cfg.global_batch_size} is not divisible by the "
-                         f"{strategy.num_replicas_in_sync} replicas")
+        raise config_lib.ConfigError(
+            f"--global_batch_size={cfg.global_batch_size} is not divisible by the "
+            f"{strategy.num_replicas_in_sync} replicas")
 
     model, optimizer = build(info, cfg, strategy)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -356,9 +357,11 @@ def _fmt(metrics: dict) -> str:
 
 def main(argv) -> int:
     del argv
+    from trainer.config import ConfigError
+
     try:
         cfg = config_from_flags()
-    except ValueError as e:  # a flag value TrainConfig rejects; the message names it
+    except ConfigError as e:  # a flag value TrainConfig rejects; the message names it
         raise app.UsageError(str(e)) from None
     from trainer import distribute  # imports TensorFlow: after flag checks
 
@@ -367,7 +370,8 @@ def main(argv) -> int:
     from beam_jobs import schema
     from trainer import checkpoints, data, storage
 
-    errors = (data.DataError, schema.SchemaError, checkpoints.ModelDirError, storage.StorageError)
+    errors = (data.DataError, schema.SchemaError, checkpoints.ModelDirError, storage.StorageError,
+              ConfigError)
     try:
         run(cfg)
     except errors as e:

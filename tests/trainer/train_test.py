@@ -11,7 +11,7 @@ import tensorflow as tf
 from beam_jobs import schema
 from tests.trainer import datadir
 from trainer import checkpoints, data, train
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, TrainConfig
 
 KEYS = {"top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr"}
 STEPS_PER_EPOCH = 20  # 120 users x 10 train examples // 60
@@ -173,3 +173,8 @@ def test_default_strategy_trains_on_one_device(data_dir, tmp_path, caplog):
                   export=False)
     assert train.run(cfg)["step"] == STEPS_PER_EPOCH
     assert "_DefaultDistributionStrategy with 1 replica(s)" in caplog.text
+
+
+def test_global_batch_not_divisible_by_replicas(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--global_batch_size=61 is not divisible by the 2"):
+        train.run(_config(data_dir, tmp_path, global_batch_size=61))
