@@ -8,6 +8,8 @@ tests run real multi-replica MirroredStrategy training.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import tensorflow as tf
 from absl import logging
@@ -94,6 +96,19 @@ class Task:
     task_type: str
     task_id: int
     is_chief: bool
+
+
+def is_chief_from_env() -> bool:
+    """Whether TF_CONFIG (if any) makes this process the chief; readable before
+    any strategy exists (MultiWorkerMirroredStrategy must come first in TF)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+    task = config.get("task") or {}
+    task_type, index = task.get("type", "worker"), int(task.get("index", 0))
+    has_chief = "chief" in (config.get("cluster") or {})
+    return task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
 
 
 def task_of(strategy: tf.distribute.Strategy) -> Task:

@@ -239,7 +239,8 @@ def run(cfg) -> dict:
     # initialises the TF runtime (tf.data, ops). ---
     _preflight_gcs(cfg)
     info = data.load_data_dir(cfg.data_dir)
-    checkpoints.probe_writable(cfg.model_dir)
+    if distribute.is_chief_from_env():  # only the chief writes model_dir
+        checkpoints.probe_writable(cfg.model_dir)
     checkpoints.check_compatible(cfg.model_dir, cfg)
     steps_per_epoch = data.steps_per_epoch(info, cfg.global_batch_size)
     total_steps = cfg.epochs * steps_per_epoch
