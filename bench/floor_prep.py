@@ -9,9 +9,11 @@ TFRecord shards under train/ and test/ (users assigned to shards by the contract
 hash) and vocab.tsv. No metadata.json, errors/ or _SUCCESS: this is a benchmark, not the job.
 
 Every step is a whole-array numpy operation; even the tf.train.Example protobuf bytes and the
-TFRecord framing are laid out with array arithmetic (each output byte is written once), so
-the only per-record Python is one CRC call. That is what makes it a floor: an
-implementation that does less per record is hard to imagine in Python.
+TFRecord framing are laid out with array arithmetic (padded byte columns and one boolean
+selection per chunk of 65,536 examples), so the only per-record Python is one CRC call. That
+is what makes it a floor: an implementation that does less per record is hard to imagine in
+Python. Only valid input is handled (it is a benchmark): ratings of movies missing from the
+movies file are dropped, as the job sets them aside; malformed lines raise.
 """
 from __future__ import annotations
 
