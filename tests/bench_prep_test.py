@@ -34,6 +34,7 @@ def _run(module, *args):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_implementations_write_the_same_examples(case, tmp_path):
     gen_flags, job_flags, lengths = CASES[case]
