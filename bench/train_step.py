@@ -55,7 +55,7 @@ def main():
     for _ in range(a.steps):
         float(step(next(it)))
     dt = (time.perf_counter() - t) / a.steps
-    print(f"| strategy | replicas | global batch | dim | s/step | examples/s |")
+    print("| strategy | replicas | global batch | dim | s/step | examples/s |")
     print(f"| {distribute.describe(strategy).split(' ')[0]} | {strategy.num_replicas_in_sync} | "
           f"{a.global_batch_size} | {a.embedding_dim} | {dt:.3f} | {a.global_batch_size / dt:,.0f} |")
 
