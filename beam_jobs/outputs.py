@@ -239,3 +239,16 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     stale = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
     if stale:
         FileSystems.delete(stale)
+
+
+def summary(output_dir: str) -> str | None:
+    """One line about a finished run in output_dir (None if it did not finish here, e.g.
+    a Dataflow dry run)."""
+    path = schema.join(output_dir, schema.METADATA_FILE)
+    if not FileSystems.exists(schema.join(output_dir, schema.SUCCESS_FILE)):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        c = json.loads(f.read())["counts"]
+    return (f"{output_dir}: {c['train_examples']} train / {c['test_examples']} test examples "
+            f"from {c['users']} users ({c['lines']} rating lines, {c['malformed']} malformed, "
+            f"{c['unknown_movie']} unknown movie; see errors/)")

@@ -281,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
+    cfg, beam_args, _ = options.parse_args(argv)
+    if not PipelineOptions(beam_args).view_as(TestOptions).dry_run:
+        try:
+            print(outputs.summary(cfg.output_dir) or "", file=sys.stderr)
+        except Exception as e:  # the job succeeded; a failed summary must not say otherwise
+            print(f"(no summary: {e})", file=sys.stderr)
     return 0
 
 

@@ -9,11 +9,14 @@ from tests.beam_jobs import util
 def test_dataflow_dry_run_builds_the_job(monkeypatch):
     # Staging runs `python setup.py sdist` in the repo; the job graph is built offline.
     monkeypatch.chdir(util.ROOT)
-    result = pipeline.run([
+    argv = [
         f"--input_dir={util.SAMPLE}", "--output_dir=gs://seqrec-test-bucket/data",
         "--runner=DataflowRunner", "--project=seqrec-test", "--region=us-central1",
         "--temp_location=gs://seqrec-test-bucket/tmp", "--setup_file=./setup.py",
-        "--dry_run=True"])
+        "--dry_run=True"]
+    # The CLI too: no output_dir check or summary touches gs:// in a dry run.
+    assert pipeline.main(argv) == 0
+    result = pipeline.run(argv)
     job = result.job
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     for step in ("ReadMovies/ParseMovies", "ReadRatings/ParseRanges",
