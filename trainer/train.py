@@ -260,7 +260,7 @@ def run(cfg) -> dict:
     step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
     if restored:
         logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
-                     restored, step, step // steps_per_epoch + 1, cfg.epochs)
+                     restored, step, min(step // steps_per_epoch + 1, cfg.epochs), cfg.epochs)
     metrics_path = schema.join(cfg.model_dir, "metrics.json")
     if task.is_chief:
         _write_json(schema.join(cfg.model_dir, config_lib.CONFIG_FILE), json.loads(cfg.to_json()))
