@@ -150,7 +150,9 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
         ts = np.zeros(0, np.int64)
         rating = np.zeros(0, np.float32)
     # One sort orders users and, inside each user, the timeline by (timestamp, movie_id).
-    order = np.lexsort((movie, ts, user))
+    # Rating is the last key so duplicate (user, timestamp, movie) lines, whose arrival
+    # order the shuffle does not keep, still give the same bytes.
+    order = np.lexsort((rating, movie, ts, user))
     user, movie, rating = user[order], movie[order], rating[order]
     label_pos, ctx_start, last, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length)

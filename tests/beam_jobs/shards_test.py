@@ -30,3 +30,24 @@ def test_example_positions():
     assert last.tolist() == [False, False, True, False, True]
     assert position.tolist() == [1, 2, 3, 1, 2]
     assert (users, short) == (2, 1)
+
+
+def test_shard_bytes_do_not_depend_on_chunk_order(tmp_path):
+    """Duplicate (user, timestamp, movie) rows with different ratings arrive in whatever
+    order the shuffle gives; the shard must not change."""
+    from beam_jobs import movielens
+    from beam_jobs.options import JobConfig
+
+    table = movielens.MoviesTable([1, 2, 3], ["a (1990)", "b", "c"], ["X|Y", "", "Z"],
+                                  [1990, 0, 0])
+    a = shards.Columns([7, 7], [1, 2], [5.0, 3.0], [10, 20])
+    b = shards.Columns([7, 7], [2, 3], [4.0, 2.0], [20, 30])
+    outs = []
+    for i, chunks in enumerate(([a, b], [b, a])):
+        cfg = JobConfig(input_dir="in", output_dir=str(tmp_path / str(i)), num_shards=1,
+                        compression="none")
+        result = shards.write_shard(0, chunks, cfg, table)
+        assert (result.train_examples, result.test_examples) == (2, 1)
+        with open(tmp_path / str(i) / "train" / result.name, "rb") as f:
+            outs.append(f.read())
+    assert outs[0] == outs[1]
