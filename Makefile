@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/sample
+# A viewing history from the sample: user 1's first ten movies, oldest first.
+HISTORY ?= 273,290,403,164,339,396,282,26,66,285
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
@@ -15,11 +17,16 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[gcp,test]'
+	$(PY) -m pip install -q -e '.[trainer,gcp,test]'
 	touch $@
 
+# Beam job -> training on 2 virtual CPU replicas -> metrics -> export -> one recommendation.
+# A second `make run` resumes the finished model (nothing retrained); `make clean` starts afresh.
 run: venv
 	$(PY) -m beam_jobs.pipeline --input_dir=data/sample --output_dir=$(OUT)/data --overwrite
+	$(PY) -m trainer.train --data_dir=$(OUT)/data --model_dir=$(OUT)/model \
+		--virtual_cpu_devices=2 --epochs=5 --global_batch_size=1024
+	$(PY) -m trainer.recommend --model_dir=$(OUT)/model --history=$(HISTORY) --k=10
 
 test: venv
 	$(PY) -m ruff check .

@@ -20,12 +20,16 @@ setuptools.setup(
     description="Sequential retrieval on MovieLens: Beam timelines + TFRS GRU trainer",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*"]),
-    install_requires=BEAM + TF + ["absl-py>=2.0"],
+    # The base install is what Dataflow workers need (the Beam job never imports
+    # TensorFlow): pip-installing TF's ~600 MB on every worker start would be waste.
+    install_requires=BEAM + ["absl-py>=2.0"],
     extras_require={
+        # The trainer (and the tests, which read shards back with tf.data).
+        "trainer": TF,
         # Beam's GCS IO + Dataflow runner, and the trainer's bucket preflight.
         "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-storage>=2.14"],
         # CUDA wheels for the trainer on GPU hosts.
-        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "gpu": TF + ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SCHEMA_VERSION = 1
 
