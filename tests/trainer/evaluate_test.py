@@ -249,3 +249,26 @@ def test_bad_arguments():
         evaluate.evaluate_retrieval(*towers, data.take(0), VOCAB)
     with pytest.raises(ValueError, match="counts has 3 entries"):
         evaluate.popularity_baseline(data, VOCAB, [1, 2, 3])
+
+
+def test_later_calls_reuse_the_trace_and_read_current_weights():
+    # Tracing, not arithmetic, dominated evaluation time (bench/train.py), so
+    # the traced function is reused across calls; it must still see new
+    # weights of BOTH towers and work on another dataset of the same spec.
+    vocab = list(range(1, 60))
+    query_model, candidate_model = model.build_towers(vocab, 8, 5)
+    first = evaluate.evaluate_retrieval(query_model, candidate_model, _random_data(vocab), vocab)
+    (run,) = [f for k, f in evaluate._TRACED.items() if k[0] == id(query_model)]
+    assert run.experimental_get_tracing_count() == 1
+    gru = query_model.get_layer("query_gru")
+    gru.set_weights([w * 3.0 for w in gru.get_weights()])
+    after_query = evaluate.evaluate_retrieval(
+        query_model, candidate_model, _random_data(vocab), vocab)
+    other_data = evaluate.evaluate_retrieval(
+        query_model, candidate_model, _random_data(vocab, seed=4), vocab)
+    assert run.experimental_get_tracing_count() == 1
+    assert after_query != first and other_data != after_query
+    # The cached function gives what a fresh trace of the same weights gives.
+    evaluate._TRACED.clear()
+    assert evaluate.evaluate_retrieval(
+        query_model, candidate_model, _random_data(vocab), vocab) == after_query
