@@ -14,13 +14,19 @@ from typing import Any
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+# global: each replica's softmax sees the candidates of the whole global batch
+#   (all_gather), so the loss and gradients equal one device's on that batch.
+# per_replica: TFRS's own behaviour under MirroredStrategy (local batch only).
+NEGATIVES = ("global", "per_replica")
 
 CONFIG_FILE = "config.json"
 
 # Fields that fix the shape of the model's variables (or of the optimizer's
 # slots): a checkpoint written with other values cannot be restored. The value
 # is the flag that sets it, for error messages.
-SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer"}
+SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer",
+                "gru_units": "--gru_units", "gru_layers": "--gru_layers"}
 
 
 class ConfigError(ValueError):
@@ -38,8 +44,26 @@ class TrainConfig:
       global_batch_size: examples per step over all replicas (per replica =
         global / replicas).
       learning_rate: optimizer learning rate.
-      embedding_dim: width of the movie embeddings and of the GRU state.
+      embedding_dim: d, the width of the movie embeddings and of the query
+        tower's output.
+      gru_units: width of each GRU layer (0: embedding_dim). Other than d, a
+        linear projection maps the last layer's state to d.
+      gru_layers: stacked GRU layers in the query tower.
+      dropout: dropout rate on the query tower's embeddings and GRU outputs
+        (training only).
+      mask_padding: mask the pad id so the GRU skips padded steps. False
+        embeds the pad as a movie, like the TFRS tutorial.
+      temperature: the in-batch softmax divides scores by this (1: none).
+      negatives: one of NEGATIVES (see there).
+      logq_correction: weight a of the sampling-bias correction: each in-batch
+        candidate's logit is lowered by a * log(q), q = its share of the train
+        labels (0: off, 1: the full logQ correction).
+      remove_accidental_hits: the label's movie appearing elsewhere in the
+        batch is not a negative for that query.
       optimizer: one of OPTIMIZERS.
+      lr_schedule: one of LR_SCHEDULES: after the warmup, keep the rate, or
+        decay it to 0 at the last step (cosine or linear).
+      warmup_fraction: fraction of all steps with a linear warmup from 0.
       strategy: one of STRATEGIES.
       virtual_cpu_devices: split the host CPU into this many logical devices
         before TF starts (0: leave it alone).
@@ -50,6 +74,8 @@ class TrainConfig:
       eval_batch_size: batch size of the (single-device) evaluation pass.
       eval_every_epoch: evaluate on the test split after every epoch, not only
         at the end.
+      eval_exclude_context: evaluation does not rank the movies of a query's
+        own context (the label itself always stays a candidate).
       export: write the SavedModel to model_dir/export/ at the end.
     """
 
@@ -59,7 +85,17 @@ class TrainConfig:
     global_batch_size: int = 12800
     learning_rate: float = 0.1
     embedding_dim: int = 32
+    gru_units: int = 0
+    gru_layers: int = 1
+    dropout: float = 0.0
+    mask_padding: bool = True
+    temperature: float = 1.0
+    negatives: str = "global"
+    logq_correction: float = 0.0
+    remove_accidental_hits: bool = False
     optimizer: str = "adagrad"
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
     strategy: str = "auto"
     virtual_cpu_devices: int = 0
     checkpoint_every_steps: int = 100
@@ -68,6 +104,7 @@ class TrainConfig:
     shuffle_buffer: int = 10_000
     eval_batch_size: int = 2048
     eval_every_epoch: bool = True
+    eval_exclude_context: bool = False
     export: bool = True
 
     def __post_init__(self):
@@ -81,7 +118,15 @@ class TrainConfig:
         need(self.global_batch_size >= 1, "global_batch_size", "must be >= 1")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.embedding_dim >= 1, "embedding_dim", "must be >= 1")
+        need(self.gru_units >= 0, "gru_units", "must be >= 0")
+        need(self.gru_layers >= 1, "gru_layers", "must be >= 1")
+        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(self.negatives in NEGATIVES, "negatives", f"must be one of {NEGATIVES}")
+        need(self.logq_correction >= 0, "logq_correction", "must be >= 0")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
+        need(0 <= self.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         need(self.virtual_cpu_devices >= 0, "virtual_cpu_devices", "must be >= 0")
         need(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0")
@@ -100,6 +145,25 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def query_units(self) -> int:
+        """Width of the GRU layers (gru_units, 0 meaning embedding_dim)."""
+        return self.gru_units or self.embedding_dim
+
+
+# The TFRS sequential retrieval tutorial, exactly: Adagrad(0.1) on batches of
+# 12800 for 3 epochs, 32-d embeddings, one GRU, pad embedded as a movie (no
+# mask), plain in-batch softmax. `TrainConfig(data_dir=..., model_dir=...,
+# **TUTORIAL)`; on one device, or with negatives="per_replica" on several.
+TUTORIAL = {
+    "epochs": 3, "global_batch_size": 12800, "learning_rate": 0.1, "embedding_dim": 32,
+    "gru_units": 0, "gru_layers": 1, "dropout": 0.0, "mask_padding": False,
+    "temperature": 1.0, "negatives": "per_replica", "logq_correction": 0.0,
+    "remove_accidental_hits": False, "optimizer": "adagrad", "lr_schedule": "constant",
+    "warmup_fraction": 0.0,
+}
+PRESETS = {"tutorial": TUTORIAL}
 
 
 def shape_mismatches(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -33,14 +34,28 @@ def _lookup(movie_ids: Sequence[int], name: str) -> tf.keras.layers.IntegerLooku
 
 
 def build_towers(
-    movie_ids: Sequence[int], embedding_dim: int, context_length: int
+    movie_ids: Sequence[int],
+    embedding_dim: int,
+    context_length: int,
+    *,
+    gru_units: int = 0,
+    gru_layers: int = 1,
+    dropout: float = 0.0,
+    mask_padding: bool = True,
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
     """Builds the two towers. Call inside `strategy.scope()` when distributing.
 
     Args:
       movie_ids: the vocabulary (raw MovieLens ids, no 0); order fixes the rows.
-      embedding_dim: d, the width of embeddings and of the GRU state.
+      embedding_dim: d, the width of embeddings and of the query output.
       context_length: L, the number of context ids per example.
+      gru_units: width of each GRU layer (0: d). Other than d, a linear
+        projection maps the last state to d.
+      gru_layers: stacked GRU layers.
+      dropout: rate of dropout on the context embeddings and on each GRU
+        layer's output (active only when called with training=True).
+      mask_padding: mask the pad id (row 0) so the GRU skips padded steps.
+        False embeds the pad like a movie, as the TFRS tutorial does.
 
     Returns:
       (query_model, candidate_model):
@@ -48,17 +63,30 @@ def build_towers(
         candidate_model: int64 movie ids [B] -> float32 [B, d].
       Ids not in `movie_ids` share one out-of-vocabulary row.
     """
+    units = gru_units or embedding_dim
     context = tf.keras.Input(shape=(context_length,), dtype=tf.int64, name=schema.CONTEXT_MOVIE_ID)
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
     # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
     # final state is the state after the last real movie (contexts are
-    # right-padded, oldest first).
-    embedded = tf.keras.layers.Embedding(
-        lookup.vocabulary_size(), embedding_dim, mask_zero=True, name="query_embedding"
+    # right-padded, oldest first). Unmasked, a short context's state is the
+    # state after several "pad movie" steps, which blurs what came last.
+    x = tf.keras.layers.Embedding(
+        lookup.vocabulary_size(), embedding_dim, mask_zero=mask_padding, name="query_embedding"
     )(rows)
-    query = tf.keras.layers.GRU(embedding_dim, name="query_gru")(embedded)
-    query_model = tf.keras.Model(context, query, name="query_model")
+    if dropout:
+        x = tf.keras.layers.Dropout(dropout, name="query_embedding_dropout")(x)
+    for i in range(gru_layers):
+        last = i == gru_layers - 1
+        # Layer names stay "query_gru" for one layer so older checkpoints and
+        # tests that look the layer up keep working.
+        name = "query_gru" if gru_layers == 1 else f"query_gru_{i}"
+        x = tf.keras.layers.GRU(units, return_sequences=not last, name=name)(x)
+        if dropout and not last:
+            x = tf.keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    if units != embedding_dim:
+        x = tf.keras.layers.Dense(embedding_dim, name="query_projection")(x)
+    query_model = tf.keras.Model(context, x, name="query_model")
 
     movie = tf.keras.Input(shape=(), dtype=tf.int64, name=schema.LABEL_MOVIE_ID)
     lookup = _lookup(movie_ids, "candidate_lookup")
@@ -70,6 +98,29 @@ def build_towers(
     return query_model, candidate_model
 
 
+def sampling_probabilities(counts: Sequence[int], power: float = 1.0) -> np.ndarray:
+    """q^power per movie, q = the movie's share of the train labels.
+
+    In-batch negatives are the batch's labels, so a movie is drawn as a
+    negative with probability ~q: popular movies are over-sampled as
+    negatives. TFRS subtracts log(candidate_sampling_probability) from each
+    logit; passing q^power subtracts power * log(q) (power 1: the full logQ
+    correction of Yi et al. 2019; between 0 and 1: a partial one).
+
+    Args:
+      counts: [V] train-split label counts (vocabulary order).
+      power: the correction weight.
+
+    Returns:
+      float32 [V]. A movie never seen in train gets q = 0 (TFRS clips the
+      probability to 1e-6; such a movie is never an in-batch candidate anyway).
+    """
+    counts = np.asarray(counts, np.float64)
+    if counts.ndim != 1 or counts.size == 0 or counts.sum() <= 0:
+        raise ValueError("counts must be a non-empty [V] vector with a positive sum")
+    return ((counts / counts.sum()) ** power).astype(np.float32)
+
+
 class SequentialRetrievalModel(tfrs.Model):
     """Two towers + in-batch softmax retrieval loss.
 
@@ -78,7 +129,11 @@ class SequentialRetrievalModel(tfrs.Model):
     the candidate tower output [B, 1, d] and silently transpose TFRS's score
     matrix).
 
-    Negatives are the other labels of the same replica's batch, as TFRS does.
+    Negatives: with negatives="per_replica" they are the other labels of the
+    same replica's batch, as TFRS does; with "global" (the default) every
+    replica scores its queries against the candidates of ALL replicas (see
+    compute_losses), which is exactly the single-device loss on the global
+    batch.
     """
 
     def __init__(
@@ -86,16 +141,50 @@ class SequentialRetrievalModel(tfrs.Model):
         query_model: tf.keras.Model,
         candidate_model: tf.keras.Model,
         global_batch_size: int,
+        *,
+        negatives: str = "global",
+        temperature: float = 1.0,
+        remove_accidental_hits: bool = False,
+        movie_ids: Sequence[int] | None = None,
+        sampling_probability: Sequence[float] | None = None,
         **kwargs,
     ):
+        """Args:
+          query_model, candidate_model: from build_towers.
+          global_batch_size: examples per step over all replicas (loss scale).
+          negatives: "global" or "per_replica".
+          temperature: scores are divided by it (1: TFRS's default, none).
+          remove_accidental_hits: another example of the batch with the same
+            label movie is not a negative (TFRS remove_accidental_hits).
+          movie_ids, sampling_probability: [V] each, aligned; when given, each
+            in-batch candidate's logit is corrected by -log(probability)
+            (see sampling_probabilities).
+        """
         super().__init__(**kwargs)
+        if negatives not in ("global", "per_replica"):
+            raise ValueError(f"negatives must be 'global' or 'per_replica', got {negatives!r}")
         self.query_model = query_model
         self.candidate_model = candidate_model
         self.global_batch_size = int(global_batch_size)
+        self.negatives = negatives
+        self.remove_accidental_hits = bool(remove_accidental_hits)
         # No FactorizedTopK metrics: top-k over the whole vocabulary is
         # trainer/evaluate.py's job (a brute-force index is ~6x faster), and
         # training should not pay for it every step.
-        self.task = tfrs.tasks.Retrieval()
+        self.task = tfrs.tasks.Retrieval(
+            temperature=None if temperature == 1.0 else float(temperature),
+            remove_accidental_hits=self.remove_accidental_hits,
+        )
+        self._probability = None
+        if sampling_probability is not None:
+            if movie_ids is None or len(movie_ids) != len(sampling_probability):
+                raise ValueError("sampling_probability needs movie_ids of the same length")
+            # Row r of the lookup (0: pad, 1: unknown id, 2..: movie_ids) ->
+            # probability; pad and unknown ids get 0 (clipped to 1e-6 by TFRS).
+            self._probability_lookup = _lookup(movie_ids, "sampling_lookup")
+            self._probability = tf.constant(
+                np.concatenate([[0.0, 0.0], np.asarray(sampling_probability, np.float32)]),
+                tf.float32)
         # tfrs.Model reports the raw per-batch SUM of the loss; this Mean of the
         # per-example loss is comparable across batch sizes and replica counts.
         self.loss_tracker = tf.keras.metrics.Mean(name="loss_per_example")
@@ -107,6 +196,27 @@ class SequentialRetrievalModel(tfrs.Model):
             self.candidate_model(features[schema.LABEL_MOVIE_ID], training=training),
         )
 
+    def _candidates(self, candidate: tf.Tensor, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """This replica's candidates [b, d] and ids [b] -> the ones its softmax sees.
+
+        per_replica (or one replica): unchanged. global: the candidates of all
+        R replicas [R*b, d], rotated so that this replica's own b come first.
+        TFRS's labels are the diagonal of the [b, R*b] score matrix (query i's
+        positive is column i); after the rotation that is still true, and
+        rotating columns is the same as offsetting the labels by
+        replica_id * b (a softmax does not depend on column order). The
+        gradient of all_gather sums every replica's upstream gradient and
+        hands each its slice, so after MirroredStrategy's SUM of the variable
+        gradients the update is exactly the single-device one.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if self.negatives != "global" or ctx is None or ctx.num_replicas_in_sync == 1:
+            return candidate, ids
+        gathered = ctx.all_gather(candidate, axis=0)  # [R*b, d], replica order
+        gathered_ids = ctx.all_gather(ids, axis=0)
+        shift = -tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(candidate)[0]
+        return tf.roll(gathered, shift, axis=0), tf.roll(gathered_ids, shift, axis=0)
+
     def compute_losses(self, features, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """Losses of one replica's batch.
 
@@ -116,7 +226,16 @@ class SequentialRetrievalModel(tfrs.Model):
           per-example loss of this replica's batch (for reporting).
         """
         query, candidate = self(features, training=training)
-        summed = self.task(query, candidate, compute_metrics=False)
+        ids = tf.reshape(tf.cast(features[schema.LABEL_MOVIE_ID], tf.int64), [-1])
+        candidate, ids = self._candidates(candidate, ids)
+        probability = None
+        if self._probability is not None:
+            probability = tf.gather(self._probability, self._probability_lookup(ids))
+        summed = self.task(
+            query, candidate, compute_metrics=False,
+            candidate_sampling_probability=probability,
+            candidate_ids=ids if self.remove_accidental_hits else None,
+        )
         local_batch = tf.cast(tf.shape(query)[0], tf.float32)
         mean = summed / local_batch
         self.loss_tracker.update_state(mean, sample_weight=local_batch)

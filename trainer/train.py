@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    from trainer.config import OPTIMIZERS, STRATEGIES, TrainConfig
+    from trainer.config import LR_SCHEDULES, NEGATIVES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
 
     d = TrainConfig(data_dir="-", model_dir="-")
     flags.DEFINE_string("data_dir", None, "Beam job output (local path or gs://).")
@@ -38,8 +38,27 @@ def _define_flags() -> None:
     flags.DEFINE_float("learning_rate", d.learning_rate,
                        "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a "
                        "rate ~batch times the tutorial's summed-loss rate).")
-    flags.DEFINE_integer("embedding_dim", d.embedding_dim, "Embedding and GRU width.")
+    flags.DEFINE_enum("preset", None, sorted(PRESETS),
+                      "Start from a preset (tutorial: the TFRS tutorial's exact setup); "
+                      "flags given explicitly override it.")
+    flags.DEFINE_integer("embedding_dim", d.embedding_dim, "Embedding width (query output).")
+    flags.DEFINE_integer("gru_units", d.gru_units, "GRU width (0: --embedding_dim).")
+    flags.DEFINE_integer("gru_layers", d.gru_layers, "Stacked GRU layers.")
+    flags.DEFINE_float("dropout", d.dropout, "Dropout in the query tower (training only).")
+    flags.DEFINE_bool("mask_padding", d.mask_padding,
+                      "Mask padded context steps (--nomask_padding: like the tutorial).")
+    flags.DEFINE_float("temperature", d.temperature, "Softmax temperature (scores / T).")
+    flags.DEFINE_enum("negatives", d.negatives, NEGATIVES,
+                      "In-batch negatives from the global batch (all replicas) or per replica.")
+    flags.DEFINE_float("logq_correction", d.logq_correction,
+                       "Weight of the sampling-bias correction -w*log(q) (0: off, 1: full).")
+    flags.DEFINE_bool("remove_accidental_hits", d.remove_accidental_hits,
+                      "The label's movie elsewhere in the batch is not a negative.")
     flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
+    flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES,
+                      "Learning-rate decay after the warmup.")
+    flags.DEFINE_float("warmup_fraction", d.warmup_fraction,
+                       "Fraction of all steps with a linear warmup.")
     flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "Distribution strategy.")
     flags.DEFINE_integer("virtual_cpu_devices", d.virtual_cpu_devices,
                          "Split the CPU into N logical devices (replicas) before TF starts.")
@@ -50,28 +69,41 @@ def _define_flags() -> None:
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples).")
     flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Evaluation batch size.")
     flags.DEFINE_bool("eval_every_epoch", d.eval_every_epoch, "Evaluate after every epoch.")
+    flags.DEFINE_bool("eval_exclude_context", d.eval_exclude_context,
+                      "Evaluation does not rank the movies of the query's own context.")
     flags.DEFINE_bool("export", d.export, "Export a SavedModel to model_dir/export at the end.")
     flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
 def config_from_flags():
-    from trainer.config import TrainConfig
+    import dataclasses
 
-    return TrainConfig(
-        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, epochs=FLAGS.epochs,
-        global_batch_size=FLAGS.global_batch_size, learning_rate=FLAGS.learning_rate,
-        embedding_dim=FLAGS.embedding_dim, optimizer=FLAGS.optimizer, strategy=FLAGS.strategy,
-        virtual_cpu_devices=FLAGS.virtual_cpu_devices,
-        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-        keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
-        shuffle_buffer=FLAGS.shuffle_buffer, eval_batch_size=FLAGS.eval_batch_size,
-        eval_every_epoch=FLAGS.eval_every_epoch, export=FLAGS.export,
-    )
+    from trainer.config import PRESETS, TrainConfig
+
+    values = dict(PRESETS[FLAGS.preset]) if FLAGS.preset else {}
+    for f in dataclasses.fields(TrainConfig):
+        # A preset supplies defaults; a flag given on the command line wins.
+        if f.name not in values or FLAGS[f.name].present:
+            values[f.name] = FLAGS[f.name].value
+    return TrainConfig(**values)
 
 
-def make_optimizer(cfg):
+def learning_rate(cfg, total_steps: int):
+    """The rate, or a schedule of the step: linear warmup over
+    warmup_fraction * total_steps, then constant or decaying to 0 at total_steps."""
+    warmup = int(cfg.warmup_fraction * total_steps)
+    if cfg.lr_schedule == "constant" and not warmup:
+        return cfg.learning_rate
+    decay = {"constant": None, "cosine": "cosine", "linear": "linear"}[cfg.lr_schedule]
+    from trainer.schedules import WarmupDecay
+
+    return WarmupDecay(cfg.learning_rate, warmup, max(total_steps, warmup + 1), decay)
+
+
+def make_optimizer(cfg, total_steps: int = 0):
     import tensorflow as tf
 
+    lr = learning_rate(cfg, total_steps)
     if cfg.optimizer == "adagrad":
         # The tutorial's Adagrad(0.1) differentiates the SUM over the batch; we
         # differentiate the mean (sum / B), whose gradients are B times smaller.
@@ -80,10 +112,10 @@ def make_optimizer(cfg):
         # dominate and shrink the steps ~B-fold (the loss did not move at all).
         # acc0 = 0.1 / B^2 gives exactly the tutorial's steps for the mean loss.
         return tf.keras.optimizers.Adagrad(
-            learning_rate=cfg.learning_rate,
+            learning_rate=lr,
             initial_accumulator_value=0.1 / cfg.global_batch_size**2)
     cls = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
-    return cls(learning_rate=cfg.learning_rate)
+    return cls(learning_rate=lr)
 
 
 def build(info, cfg, strategy):
@@ -92,17 +124,24 @@ def build(info, cfg, strategy):
     import tensorflow as tf
 
     from beam_jobs import schema
+    from trainer import data
     from trainer import model as model_lib
 
     with strategy.scope():
         tf.keras.utils.set_random_seed(cfg.seed)
         query_model, candidate_model = model_lib.build_towers(
-            info.movie_ids, cfg.embedding_dim, info.context_length)
+            info.movie_ids, cfg.embedding_dim, info.context_length, gru_units=cfg.gru_units,
+            gru_layers=cfg.gru_layers, dropout=cfg.dropout, mask_padding=cfg.mask_padding)
+        probability = (model_lib.sampling_probabilities(info.counts, cfg.logq_correction)
+                       if cfg.logq_correction else None)
         model = model_lib.SequentialRetrievalModel(
-            query_model, candidate_model, cfg.global_batch_size)
+            query_model, candidate_model, cfg.global_batch_size, negatives=cfg.negatives,
+            temperature=cfg.temperature, remove_accidental_hits=cfg.remove_accidental_hits,
+            movie_ids=info.movie_ids, sampling_probability=probability)
         model({schema.CONTEXT_MOVIE_ID: tf.zeros([1, info.context_length], tf.int64),
                schema.LABEL_MOVIE_ID: tf.zeros([1], tf.int64)})
-        optimizer = make_optimizer(cfg)
+        optimizer = make_optimizer(
+            cfg, cfg.epochs * data.steps_per_epoch(info, cfg.global_batch_size))
         optimizer.build(model.trainable_variables)
     return model, optimizer
 
@@ -168,9 +207,11 @@ class _Evaluator:
             return None
         if self._popularity is None:  # the same every epoch
             self._popularity = self.evaluate.popularity_baseline(
-                self.dataset, self.info.movie_ids, self.info.counts)
+                self.dataset, self.info.movie_ids, self.info.counts,
+                exclude_context=self.cfg.eval_exclude_context)
         test = self.evaluate.evaluate_retrieval(
-            model.query_model, model.candidate_model, self.dataset, self.info.movie_ids)
+            model.query_model, model.candidate_model, self.dataset, self.info.movie_ids,
+            exclude_context=self.cfg.eval_exclude_context)
         return {"test": test, "popularity": self._popularity}
 
 

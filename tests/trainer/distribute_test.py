@@ -26,7 +26,9 @@ def _half(features, r):
 
 def _build(global_batch):
     q, c = model.build_towers(MOVIES, D, L)
-    m = model.SequentialRetrievalModel(q, c, global_batch)
+    # Per-replica negatives (TFRS's own behaviour): each half is its own
+    # softmax. negatives_test.py covers the global mode.
+    m = model.SequentialRetrievalModel(q, c, global_batch, negatives="per_replica")
     m({k: v[:1] for k, v in _features().items()})
     return m
 
