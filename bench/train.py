@@ -1,0 +1,349 @@
+"""Training speed, ours vs the TFRS tutorial's code, side by side on the same data.
+
+    python -m bench.train [--work_dir=/tmp/seqrec-bench-train] [--steps=10] [--warmup=2]
+    python -m bench.train --sections=eval     # one section: input, step, eval
+
+Data: beam_jobs.synthetic defaults (MovieLens-1M shape) -> the Beam job twice
+(GZIP shards, and --compression=none); the tutorial reads ONE uncompressed
+file, made by concatenating the uncompressed train shards (TFRecord files
+concatenate). The tutorial's code is bench/tutorial.py.
+
+1. input: examples/s delivered by trainer.data.make_train_dataset over one
+   epoch (GZIP, uncompressed) vs the tutorial's pipeline; the tutorial's first
+   pass parses and fills its in-memory cache, later epochs replay the cache
+   (shown, but that holds the whole data set in memory, which we may not).
+2. step: examples/s of one training step (median over --steps steps after
+   --warmup), batch 12800, dim 32: the tutorial's model.fit on its cached
+   batches vs trainer.train's step fed by trainer.data (input included), on
+   the default strategy and on 2 virtual CPU replicas (own process: virtual
+   devices must be set before TF starts).
+3. eval: seconds for the full top-k metrics over the test split: our
+   trainer.evaluate vs tfrs.metrics.FactorizedTopK fed movies.batch(128)
+   .map(candidate_model) as in the tutorial, same towers and batches, first
+   call (includes tracing) and a repeat (as every epoch's evaluation runs).
+
+Every case runs in its own subprocess (fresh TF, its own memory) and prints
+one JSON line; the parent prints the tables. Not a test: numbers depend on
+the machine's load, which is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+BATCH, DIM = 12800, 32
+GOALS = {"input": 5.0, "step": 1.5, "eval": 5.0}
+
+
+def prepare(work_dir: str) -> dict:
+    """Input + both Beam outputs + the tutorial's single files (made once)."""
+    py = sys.executable
+    paths = {k: os.path.join(work_dir, k) for k in ("input", "gzip", "none", "tutorial")}
+    if not os.path.exists(os.path.join(paths["input"], "ratings.dat")):
+        subprocess.run([py, "-m", "beam_jobs.synthetic", f"--output_dir={paths['input']}"],
+                       check=True, cwd=ROOT)
+    for comp in ("gzip", "none"):
+        if not os.path.exists(os.path.join(paths[comp], "_SUCCESS")):
+            subprocess.run([py, "-m", "beam_jobs.pipeline", f"--input_dir={paths['input']}",
+                            f"--output_dir={paths[comp]}", f"--compression={comp}",
+                            "--overwrite"], check=True, cwd=ROOT)
+    os.makedirs(paths["tutorial"], exist_ok=True)
+    for split in ("train", "test"):
+        target = os.path.join(paths["tutorial"], f"{split}_movielens_1m.tfrecord")
+        if not os.path.exists(target):
+            with open(target + ".tmp", "wb") as out:
+                for shard in sorted(glob.glob(os.path.join(paths["none"], split, "part-*"))):
+                    with open(shard, "rb") as f:
+                        shutil.copyfileobj(f, out)
+            os.replace(target + ".tmp", target)
+    return paths
+
+
+# ---------------------------------------------------------------- child cases
+
+def _info(data_dir):
+    from trainer import data
+
+    return data.load_data_dir(data_dir)
+
+
+def case_input_ours(a) -> dict:
+    """One epoch of trainer.data's training stream; examples/s."""
+    import tensorflow as tf
+
+    from trainer import data
+
+    info = _info(a.data_dir)
+    start = time.perf_counter()
+    ds = data.make_train_dataset(info, BATCH, 1, 42, 10_000)
+    n = 0
+    for batch in ds:
+        n += int(tf.shape(batch["label_movie_id"])[0])
+    return {"examples": n, "seconds": time.perf_counter() - start}
+
+
+def _vocab_strings(info):
+    import numpy as np
+
+    return np.array([str(m).encode() for m in info.movie_ids])
+
+
+def _step_stats(times, warmup):
+    after = times[warmup:]
+    return {"step_s": statistics.median(after), "steps": len(after),
+            "min_s": min(after), "max_s": max(after)}
+
+
+def case_tutorial(a) -> dict:
+    """The tutorial: input passes (first = parse + fill cache, second = cached),
+    then model.fit steps on the filled cache."""
+    import tensorflow as tf
+
+    from bench import tutorial
+
+    info = _info(a.data_dir)  # the Beam output the single file was made from: vocab only
+    train_file = os.path.join(a.tutorial_dir, "train_movielens_1m.tfrecord")
+    cached = tutorial.cached_train(train_file)
+    out = {}
+    for name in ("first", "cached"):
+        start, n = time.perf_counter(), 0
+        for batch in cached:
+            n += int(tf.shape(batch["label_movie_id"])[0])
+        out[f"input_{name}"] = {"examples": n, "seconds": time.perf_counter() - start}
+    model, _, _ = tutorial.build(_vocab_strings(info), DIM)
+
+    times = []
+
+    class Timer(tf.keras.callbacks.Callback):
+        # Receiving numpy logs makes Keras wait for each step to finish.
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    hist = model.fit(cached, epochs=1, steps_per_epoch=a.warmup + a.steps, callbacks=[Timer()],
+                     verbose=0)
+    out["step"] = _step_stats(times, a.warmup)
+    out["loss"] = float(hist.history["loss"][-1])
+    return out
+
+
+def case_step_ours(a) -> dict:
+    from trainer import data, distribute, train
+    from trainer.config import TrainConfig
+
+    distribute.configure_virtual_cpus(a.virtual_cpu_devices)
+    info = _info(a.data_dir)
+    strategy = distribute.make_strategy("auto" if a.virtual_cpu_devices else "default")
+    cfg = TrainConfig(data_dir=a.data_dir, model_dir="-", global_batch_size=BATCH,
+                      embedding_dim=DIM, epochs=100)
+    model, optimizer = train.build(info, cfg, strategy)
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: data.make_train_dataset(info, BATCH, cfg.epochs, cfg.seed,
+                                            cfg.shuffle_buffer, ctx))
+    it = iter(ds)
+    step = train.make_train_step(model, optimizer, strategy)
+    times, losses = [], []
+    for _ in range(a.warmup + a.steps):
+        t = time.perf_counter()
+        losses.append(float(step(next(it))))
+        times.append(time.perf_counter() - t)
+    return {"step": _step_stats(times, a.warmup), "replicas": strategy.num_replicas_in_sync,
+            "loss_first_last": [losses[0], losses[-1]]}
+
+
+def case_eval(a) -> dict:
+    """Ours vs FactorizedTopK as in the tutorial, same towers, same cached batches."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    from trainer import data, evaluate, model
+
+    info = _info(a.data_dir)
+    tf.keras.utils.set_random_seed(0)
+    query_model, candidate_model = model.build_towers(info.movie_ids, DIM, info.context_length)
+    test = data.make_eval_dataset(info, 2560).cache()  # the tutorial's test batch
+    n = sum(int(tf.shape(b["label_movie_id"])[0]) for b in test)  # fill the cache
+    ks = evaluate.DEFAULT_KS
+    rows = {}
+    for name in ("first", "repeat"):
+        start = time.perf_counter()
+        got = evaluate.evaluate_retrieval(query_model, candidate_model, test, info.movie_ids, ks)
+        rows[f"ours_{name}"] = {"seconds": time.perf_counter() - start,
+                                "top": [got[f"top_{k}"] for k in ks]}
+    movies = tf.data.Dataset.from_tensor_slices(tf.constant(info.movie_ids, tf.int64))
+    metric = tfrs.metrics.FactorizedTopK(candidates=movies.batch(128).map(candidate_model), ks=ks)
+
+    @tf.function
+    def update(features):  # what the tutorial's task does per test batch
+        metric.update_state(query_model(features["context_movie_id"]),
+                            candidate_model(features["label_movie_id"]))
+
+    for name in ("first", "repeat"):
+        metric.reset_states()
+        start = time.perf_counter()
+        for features in test:
+            update(features)
+        top = [float(v) for v in metric.result()]
+        rows[f"factorized_{name}"] = {"seconds": time.perf_counter() - start, "top": top}
+    return {"queries": n, "candidates": len(info.movie_ids), **rows,
+            "xla": _xla_lever([(n, len(info.movie_ids)), (2048, 62_000)])}
+
+
+def _xla_lever(shapes) -> list:
+    """Scores + label rank (the arithmetic of one evaluation batch) with and
+    without XLA, queries x candidates of each shape; median of 5 after 1."""
+    import numpy as np
+    import tensorflow as tf
+
+    def rank(query, cand, label):
+        scores = tf.matmul(query, cand, transpose_b=True)
+        label_score = tf.gather(scores, label, batch_dims=1)[:, None]
+        return tf.reduce_sum(tf.cast(scores > label_score, tf.int64), axis=1)
+
+    out = []
+    for queries, vocab in shapes:
+        args = (tf.random.normal([queries, DIM]), tf.random.normal([vocab, DIM]),
+                tf.constant(np.random.default_rng(0).integers(0, vocab, queries)))
+        row = {"queries": queries, "candidates": vocab}
+        for jit in (False, True):
+            fn = tf.function(rank, jit_compile=jit)
+            fn(*args).numpy()
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                fn(*args).numpy()
+                times.append(time.perf_counter() - t)
+            row["xla" if jit else "plain"] = statistics.median(times)
+        out.append(row)
+    return out
+
+
+CASES = {"input_ours": case_input_ours, "tutorial": case_tutorial, "step_ours": case_step_ours,
+         "eval": case_eval}
+
+
+# -------------------------------------------------------------------- parent
+
+def run_case(name: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "bench.train", f"--case={name}", *argv]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT "):])
+    out["process_s"] = time.perf_counter() - start
+    print(f"  {name} {' '.join(argv)}: {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def _goal(name: str, ratio: float) -> str:
+    return f"{ratio:.1f}x ({'met' if ratio >= GOALS[name] else 'MISSED'}: goal >= {GOALS[name]}x)"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--work_dir", default="/tmp/seqrec-bench-train")
+    p.add_argument("--sections", default="input,step,eval")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--data_dir", help=argparse.SUPPRESS)
+    p.add_argument("--tutorial_dir", help=argparse.SUPPRESS)
+    p.add_argument("--virtual_cpu_devices", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.case:
+        print("RESULT " + json.dumps(CASES[a.case](a)), flush=True)
+        return 0
+
+    sections = a.sections.split(",")
+    paths = prepare(a.work_dir)
+    common = [f"--steps={a.steps}", f"--warmup={a.warmup}"]
+    gz, raw = f"--data_dir={paths['gzip']}", f"--data_dir={paths['none']}"
+    load = [os.getloadavg()[0]]
+    r = {}
+    if "input" in sections or "step" in sections:
+        r["tutorial"] = run_case("tutorial", [raw, f"--tutorial_dir={paths['tutorial']}", *common])
+    if "input" in sections:
+        r["in_gz"] = run_case("input_ours", [gz])
+        r["in_raw"] = run_case("input_ours", [raw])
+    if "step" in sections:
+        r["step_1"] = run_case("step_ours", [gz, *common])
+        r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *common])
+    if "eval" in sections:
+        r["eval"] = run_case("eval", [gz])
+    load.append(os.getloadavg()[0])
+
+    print(f"\nMovieLens-1M-shaped synthetic data, batch {BATCH}, dim {DIM}, {os.cpu_count()} CPUs, "
+          f"no GPU; load average {load[0]:.1f} before, {load[1]:.1f} after")
+    if "input" in sections:
+        t = r["tutorial"]
+        base = t["input_first"]["examples"] / t["input_first"]["seconds"]
+        print("\n| input pipeline (1 epoch) | examples | s | examples/s | vs tutorial |")
+        print("|---|---:|---:|---:|---|")
+        for name, x, goal in [
+            ("tutorial: 1 file, parse_single_example, as_string, shuffle, batch, cache "
+             "(1st epoch)", t["input_first"], False),
+            ("tutorial: epochs 2+ replay the in-memory cache", t["input_cached"], False),
+            ("ours: trainer.data, 8 GZIP shards", r["in_gz"], True),
+            ("ours: trainer.data, 8 uncompressed shards", r["in_raw"], True),
+        ]:
+            rate = x["examples"] / x["seconds"]
+            vs = _goal("input", rate / base) if goal else f"{rate / base:.1f}x"
+            print(f"| {name} | {x['examples']:,} | {x['seconds']:.1f} | {rate:,.0f} | {vs} |")
+    if "step" in sections:
+        base = BATCH / r["tutorial"]["step"]["step_s"]
+        print("\n| training step, batch 12800, dim 32 | replicas | median s/step (min..max) "
+              "| examples/s | vs tutorial |")
+        print("|---|---:|---:|---:|---|")
+        for name, x, reps, goal in [
+            ("tutorial: model.fit on its cached batches", r["tutorial"], 1, False),
+            ("ours: trainer.train step + trainer.data (GZIP), default strategy", r["step_1"], 1,
+             True),
+            ("ours: same, MirroredStrategy on 2 virtual CPUs", r["step_2"], 2, True),
+        ]:
+            s = x["step"]
+            rate = BATCH / s["step_s"]
+            vs = _goal("step", rate / base) if goal else "1.0x"
+            print(f"| {name} | {reps} | {s['step_s']:.2f} ({s['min_s']:.2f}..{s['max_s']:.2f}) "
+                  f"| {rate:,.0f} | {vs} |")
+    if "eval" in sections:
+        e = r["eval"]
+        print(f"\n| evaluation: {e['queries']:,} test queries x {e['candidates']:,} candidates, "
+              "top-k k=1,5,10,50,100 | s | vs FactorizedTopK | top_1 top_5 top_10 top_50 top_100 |")
+        print("|---|---:|---|---|")
+        for name, key, base_key in [
+            ("FactorizedTopK as in the tutorial, 1st pass (traces)", "factorized_first", None),
+            ("FactorizedTopK, repeat pass", "factorized_repeat", None),
+            ("ours: trainer.evaluate, 1st call (traces)", "ours_first", "factorized_first"),
+            ("ours: repeat call (every later epoch)", "ours_repeat", "factorized_repeat"),
+        ]:
+            x = e[key]
+            vs = _goal("eval", e[base_key]["seconds"] / x["seconds"]) if base_key else ""
+            tops = " ".join(f"{v:.4f}" for v in x["top"])
+            print(f"| {name} | {x['seconds']:.2f} | {vs} | {tops} |")
+        print("\nlevers: tracing = 1st call - repeat = "
+              f"{e['ours_first']['seconds'] - e['ours_repeat']['seconds']:.2f} s; scoring + rank "
+              "arithmetic, plain vs jit_compile (XLA):")
+        for x in e["xla"]:
+            print(f"  {x['queries']:,} queries x {x['candidates']:,} candidates: "
+                  f"{x['plain']:.3f} s vs {x['xla']:.3f} s XLA ({x['plain'] / x['xla']:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
