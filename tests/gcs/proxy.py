@@ -24,6 +24,11 @@ client reach GCS differently and none of them may be changed for tests:
 
 The server records every request (`requests`) so tests can prove traffic went
 through it, and every forwarding error (`errors`) so a failing test can say why.
+
+Fault injection (`refuse`): tests can make the front answer matching requests with
+an error status instead of forwarding them, for a window they control, e.g. every
+upload of a checkpoint's files, or every write to a bucket after the first N. The
+emulator keeps its state, so nothing written before the window is lost.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -101,6 +107,26 @@ class FrontServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self.errors: list[str] = []
+        self.refused: list[Request] = []
+        self._refuse: tuple[Callable[[Request], bool], int] | None = None
+
+    def refuse(self, predicate: Callable[[Request], bool] | None, status: int = 503) -> None:
+        """Answers requests matching `predicate` with `status` (None: forward all again).
+
+        503 is what GCS answers in an outage: clients retry it (within their retry
+        budget), unlike a 4xx, so this exercises the clients' real retry paths.
+        """
+        with self._lock:
+            self._refuse = None if predicate is None else (predicate, status)
+
+    def refusal_for(self, request: Request) -> int | None:
+        with self._lock:
+            rule = self._refuse
+        if rule is None or not rule[0](request):
+            return None
+        with self._lock:
+            self.refused.append(request)
+        return rule[1]
 
     def set_upstream(self, emulator_url: str) -> None:
         parts = urlsplit(emulator_url)
@@ -197,10 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self):
         body = self._read_body()
-        self.server.record(
-            self.tls_host or "plain", self.command, self.path,
-            self.headers.get("Authorization", ""),
-        )
+        request = Request(self.tls_host or "plain", self.command, self.path,
+                          self.headers.get("Authorization", ""))
+        self.server.record(*request)
         if self._is_token_request():
             data = json.dumps(
                 {"access_token": FAKE_TOKEN, "token_type": "Bearer", "expires_in": 3600}
@@ -212,6 +237,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.path.startswith(("/storage/v1/", "/upload/storage/v1/", "/batch/storage/v1"))
         ):
             self.send_error(404, f"test proxy has no route for {self.tls_host}{self.path}")
+            return
+        status = self.server.refusal_for(request)
+        if status is not None:
+            data = json.dumps({"error": {"code": status, "message": "refused by the test proxy"}})
+            self._reply(status, [("Content-Type", "application/json"),
+                                 ("Content-Length", str(len(data)))], data.encode())
             return
 
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
