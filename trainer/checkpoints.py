@@ -6,6 +6,18 @@ eval/ (TensorBoard events), config.json, metrics.json, export/.
 Only the chief writes model_dir. Under MultiWorkerMirroredStrategy every worker
 must still call save (saving takes part in collectives), so other workers save
 into a private temporary directory that is deleted afterwards.
+
+A failed save STOPS training (`CheckpointSaveError`, exit status 2) instead of
+training on without checkpoints. Why: by the time TF's own retries
+(GCS_RETRY_CONFIG_*: 10 retries with backoff up to 32 s by default) give up,
+storage is not having a blip, and training on would silently widen the window of
+work a later crash loses, and end in an export that fails the same way. A failed
+save never touches the previous checkpoint (TF writes `ckpt-N_temp/` and only
+then publishes `ckpt-N` and the `checkpoint` state file), so rerunning the same
+command (or the job orchestrator's restart) resumes from the last complete
+checkpoint, losing at most one --checkpoint_every_steps interval. What the failed
+save left behind (temp objects) is deleted by the next run's chief
+(`remove_stale_temp`); until then it is ignored, as nothing refers to it.
 """
 from __future__ import annotations
 
@@ -13,8 +25,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import tensorflow as tf
+from absl import logging
 
 from beam_jobs import schema
 from trainer import config as config_lib
@@ -24,6 +38,17 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 class ModelDirError(ValueError):
     """A model_dir this run cannot use."""
+
+
+class CheckpointSaveError(ModelDirError):
+    """A checkpoint could not be written (after TF's own retries); training stops."""
+
+# What an interrupted save leaves in the checkpoint directory, none of it referred
+# to by the `checkpoint` state file: TF's per-save staging directory
+# (`ckpt-N_temp/`, merged into `ckpt-N.*` at the end of a save), the bundle
+# writer's `*.tempstate<random>` files (renamed into place when complete) and
+# `checkpoint.tmp<hex>` from the state file's atomic write.
+STALE_PATTERNS = ("*_temp", "*_temp/*", "*.tempstate*", "checkpoint.tmp*")
 
 
 def probe_writable(model_dir: str) -> None:
@@ -95,21 +120,65 @@ def restore(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
     return path
 
 
+def remove_stale_temp(directory: str) -> list[str]:
+    """Deletes what interrupted saves left in a checkpoint directory (see
+    STALE_PATTERNS); returns the deleted paths. Complete checkpoints, the state
+    file and anything else are never matched. Call it from the chief only, before
+    its first save (a save in progress has such files too)."""
+    removed = []
+    for pattern in STALE_PATTERNS:
+        for path in tf.io.gfile.glob(schema.join(directory, pattern)):
+            if not tf.io.gfile.exists(path):  # inside a *_temp already removed
+                continue
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+            removed.append(path)
+    return removed
+
+
 class Writer:
-    """CheckpointManager for the chief; a throwaway one for other workers."""
+    """CheckpointManager for the chief; a throwaway one for other workers.
+
+    The chief first deletes leftovers of interrupted saves (`remove_stale_temp`).
+    """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, is_chief: bool,
                  keep: int):
         self._tmp = None
         if is_chief:
             directory = checkpoint_dir(model_dir)
+            if tf.io.gfile.isdir(directory):
+                removed = remove_stale_temp(directory)
+                if removed:
+                    logging.info("Removed %d leftover(s) of interrupted checkpoint saves: %s",
+                                 len(removed), ", ".join(removed))
         else:
             self._tmp = tempfile.mkdtemp(prefix="seqrec-worker-ckpt-")
             directory = self._tmp
+        self.directory = directory
         self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
     def save(self, step: int) -> str:
-        return self.manager.save(checkpoint_number=step)
+        """Saves checkpoint `step`; returns its path.
+
+        Raises:
+          CheckpointSaveError: the save failed (after TF's retries); names the
+            last complete checkpoint, from which a rerun resumes.
+        """
+        started = time.monotonic()
+        try:
+            return self.manager.save(checkpoint_number=step)
+        except tf.errors.OpError as e:
+            first = (e.message or str(e)).strip().splitlines()[0]
+            latest_path = tf.train.latest_checkpoint(self.directory) if self._tmp is None else None
+            raise CheckpointSaveError(
+                f"saving checkpoint {step} to {self.directory} failed after "
+                f"{time.monotonic() - started:.1f} s ({type(e).__name__}: {first}). Training "
+                f"stopped at step {step}; the last complete checkpoint is "
+                f"{latest_path or 'none'}: rerun the same command to resume from it."
+            ) from None
 
     def close(self) -> None:
         if self._tmp:
