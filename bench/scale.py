@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--work_dir", default="/tmp/seqrec-scale")
     p.add_argument("--scales", default="1m,5m,25m")
+    p.add_argument("--stages", default="beam,train",
+                   help="train alone reuses the data_dirs of an earlier beam stage")
     p.add_argument("--steps", type=int, default=100, help="training steps at 5M/25M")
     p.add_argument("--batch", type=int, default=12800)
     p.add_argument("--dim", type=int, default=32)
@@ -90,14 +92,18 @@ def main(argv=None) -> int:
         if not os.path.exists(in_dir):
             measure([py, "-m", "beam_jobs.synthetic", f"--output_dir={in_dir}", *SCALES[name]],
                     os.path.join(a.work_dir, f"gen_{name}.log"))
-        wall, rss, cpu = measure(
-            [py, "-m", "beam_jobs.pipeline", f"--input_dir={in_dir}", f"--output_dir={data_dir}",
-             "--overwrite"], os.path.join(a.work_dir, f"beam_{name}.log"))
-        with open(os.path.join(data_dir, "metadata.json")) as f:
-            counts = json.load(f)["counts"]
-        rows.append((name, "beam job", wall, rss, cpu, counts["kept_ratings"],
-                     counts["train_examples"] + counts["test_examples"], "measured"))
-        print(rows[-1], flush=True)
+        if "beam" in a.stages:
+            wall, rss, cpu = measure(
+                [py, "-m", "beam_jobs.pipeline", f"--input_dir={in_dir}",
+                 f"--output_dir={data_dir}", "--overwrite"],
+                os.path.join(a.work_dir, f"beam_{name}.log"))
+            with open(os.path.join(data_dir, "metadata.json")) as f:
+                counts = json.load(f)["counts"]
+            rows.append((name, "beam job", wall, rss, cpu, counts["kept_ratings"],
+                         counts["train_examples"] + counts["test_examples"], "measured"))
+            print(rows[-1], flush=True)
+        if "train" not in a.stages:
+            continue
         out = os.path.join(a.work_dir, f"train_{name}.json")
         steps = 0 if name == "1m" else a.steps
         wall, rss, cpu = measure(

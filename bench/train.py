@@ -32,6 +32,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -267,7 +268,9 @@ def main(argv=None) -> int:
     p.add_argument("--virtual_cpu_devices", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.case:
-        print("RESULT " + json.dumps(CASES[a.case](a)), flush=True)
+        out = CASES[a.case](a)
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(out), flush=True)
         return 0
 
     sections = a.sections.split(",")
@@ -308,8 +311,8 @@ def main(argv=None) -> int:
     if "step" in sections:
         base = BATCH / r["tutorial"]["step"]["step_s"]
         print("\n| training step, batch 12800, dim 32 | replicas | median s/step (min..max) "
-              "| examples/s | vs tutorial |")
-        print("|---|---:|---:|---:|---|")
+              "| examples/s | vs tutorial | process peak RSS MB |")
+        print("|---|---:|---:|---:|---|---:|")
         for name, x, reps, goal in [
             ("tutorial: model.fit on its cached batches", r["tutorial"], 1, False),
             ("ours: trainer.train step + trainer.data (GZIP), default strategy", r["step_1"], 1,
@@ -320,7 +323,7 @@ def main(argv=None) -> int:
             rate = BATCH / s["step_s"]
             vs = _goal("step", rate / base) if goal else "1.0x"
             print(f"| {name} | {reps} | {s['step_s']:.2f} ({s['min_s']:.2f}..{s['max_s']:.2f}) "
-                  f"| {rate:,.0f} | {vs} |")
+                  f"| {rate:,.0f} | {vs} | {x.get('peak_rss_mb', 0):,.0f} |")
     if "eval" in sections:
         e = r["eval"]
         print(f"\n| evaluation: {e['queries']:,} test queries x {e['candidates']:,} candidates, "
