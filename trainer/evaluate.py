@@ -41,8 +41,9 @@ function is kept (a small LRU keyed on the towers, the vocabulary and the
 options) and reused by later calls, e.g. every epoch's evaluation: the weights
 are read when it runs, never baked in, and the dataset is an argument (any
 dataset with the same element spec reuses the trace). XLA on the scoring part
-gained ~0-16% (bench/train.py), less than the noise of a shared machine, so it
-is not used (the towers' hash-table lookups cannot be XLA-compiled anyway).
+measured 0.7-1.7x across runs (bench/README_train.md), i.e. noise on a shared
+machine, so it is not used (the towers' hash-table lookups cannot be
+XLA-compiled anyway).
 
 Distribution: this is a plain single-device computation. Called inside a
 `strategy.scope()` (cross-replica context) it reads the mirrored variables'
