@@ -94,6 +94,9 @@ def learning_rate(cfg, total_steps: int):
     warmup = int(cfg.warmup_fraction * total_steps)
     if cfg.lr_schedule == "constant" and not warmup:
         return cfg.learning_rate
+    if total_steps < 1:
+        raise ValueError(f"--lr_schedule={cfg.lr_schedule} with --warmup_fraction="
+                         f"{cfg.warmup_fraction} needs the run's total steps")
     decay = {"constant": None, "cosine": "cosine", "linear": "linear"}[cfg.lr_schedule]
     from trainer.schedules import WarmupDecay
 

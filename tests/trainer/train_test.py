@@ -11,7 +11,7 @@ import tensorflow as tf
 from beam_jobs import schema
 from tests.trainer import datadir
 from trainer import checkpoints, data, train
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import TUTORIAL, ConfigError, TrainConfig
 
 KEYS = {"top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr"}
 STEPS_PER_EPOCH = 20  # 120 users x 10 train examples // 60
@@ -155,8 +155,9 @@ def test_adagrad_on_the_mean_loss_steps_like_the_tutorial_on_the_sum():
     x = tf.constant(np.random.default_rng(0).random(b), tf.float32)
     w_sum, w_mean = tf.Variable([1.0, -2.0]), tf.Variable([1.0, -2.0])
     tutorial = tf.keras.optimizers.Adagrad(0.1)
-    ours = train.make_optimizer(TrainConfig(data_dir="-", model_dir="-", optimizer="adagrad",
-                                            learning_rate=0.1, global_batch_size=b))
+    # The tutorial preset (Adagrad 0.1, constant rate), at batch b.
+    ours = train.make_optimizer(TrainConfig(data_dir="-", model_dir="-",
+                                            **{**TUTORIAL, "global_batch_size": b}))
     for _ in range(5):
         with tf.GradientTape(persistent=True) as tape:
             loss_sum = tf.reduce_sum((w_sum[0] * x + w_sum[1]) ** 2)
