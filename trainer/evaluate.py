@@ -190,22 +190,34 @@ def _make_run(ranks_fn, ks, ndcg_k, prepare=lambda: None):
     """A tf.function dataset -> metric sums, running ranks_fn(features, prepare())
     over every batch (prepare runs once per call, e.g. to embed the candidates)."""
 
-    @tf.function
+    # autograph=False with an explicit tf.while_loop over get_next_as_optional():
+    # the loop must not depend on autograph reading this file's source. When the
+    # source changed on disk during a run, autograph fell back to a Python `for`
+    # over the dataset, which never finished (seen twice, memory growing to 10 GB).
+    # An iterator-driven loop (not dataset.reduce) so the towers run on the
+    # function's device (a GPU if any) instead of tf.data's host threads.
+    @tf.function(autograph=False)
     def run(dataset):
         state = prepare()
-        zero = tf.constant(0.0, tf.float64)
-        hits, rr, ndcg, ties, n = tf.zeros([len(ks)], tf.float64), zero, zero, zero, zero
-        # An iterator-driven loop (not dataset.reduce) so the towers run on the
-        # function's device (a GPU if any) instead of tf.data's host threads.
-        for features in iter(dataset):
-            rank, tied = ranks_fn(features, state)
+        iterator = iter(dataset)
+
+        def body(hits, rr, ndcg, ties, n, batch):
+            rank, tied = ranks_fn(batch.get_value(), state)
             b_hits, b_rr, b_ndcg = _sums(rank, ks, ndcg_k)
-            hits += b_hits
-            rr += b_rr
-            ndcg += b_ndcg
-            ties += tf.reduce_sum(tf.cast(tied, tf.float64))
-            n += tf.cast(tf.size(rank), tf.float64)
-        return hits, rr, ndcg, ties, n
+            return (
+                hits + b_hits,
+                rr + b_rr,
+                ndcg + b_ndcg,
+                ties + tf.reduce_sum(tf.cast(tied, tf.float64)),
+                n + tf.cast(tf.size(rank), tf.float64),
+                iterator.get_next_as_optional(),
+            )
+
+        zero = tf.constant(0.0, tf.float64)
+        start = (tf.zeros([len(ks)], tf.float64), zero, zero, zero, zero,
+                 iterator.get_next_as_optional())
+        *sums, _ = tf.while_loop(lambda *args: args[-1].has_value(), body, start)
+        return tuple(sums)
 
     return run
 
