@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -22,7 +21,7 @@ from beam_jobs import pipeline, schema
 from tests.beam_jobs import util as beam_util
 from tests.gcs import util
 from tests.gcs.emulator import ROOT
-from tests.trainer import datadir
+from tests.trainer import cli, datadir
 
 pytest_plugins = ["tests.gcs.fixtures"]
 
@@ -102,18 +101,10 @@ def test_killed_trainer_resumes_from_the_bucket(gcs_emulator, gcs_bucket, data_u
     proc = subprocess.Popen([sys.executable, "-m", "trainer.train", *flags], cwd=ROOT,
                             env=gcs_emulator.subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 150
-        while proc.poll() is None and time.monotonic() < deadline:
-            if (_latest_step(gcs_emulator, gcs_bucket) or 0) >= 2 * util.CHECKPOINT_EVERY:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    returncode = cli.kill_when(
+        proc, lambda: (_latest_step(gcs_emulator, gcs_bucket) or 0) >= 2 * util.CHECKPOINT_EVERY,
+        timeout_s=150, poll_s=0.05)
+    assert returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
     step = _latest_step(gcs_emulator, gcs_bucket)
     assert 2 * util.CHECKPOINT_EVERY <= step < 2 * util.STEPS_PER_EPOCH
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -28,3 +31,23 @@ def command(*flags: str, timeout_s: int | None = None) -> list[str]:
 def run(*flags: str, timeout_s: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run(command(*flags, timeout_s=timeout_s), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=timeout_s + 30)
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 120,
+              poll_s: float = 0.01) -> int | None:
+    """SIGKILLs `proc` as soon as ready() holds (a checkpoint appeared, say), like a
+    preempted machine; returns its exit status (-SIGKILL when it was interrupted).
+    A process still running at the deadline is killed too, and a failure to exit
+    raises, so a test never leaves a trainer behind."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(poll_s)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode

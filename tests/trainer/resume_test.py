@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import tensorflow as tf
@@ -34,18 +33,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
     ckpts = os.path.join(model_dir, "checkpoints")
     proc = subprocess.Popen(cli.command(*_flags(data_dir, model_dir)), cwd=cli.ROOT,
                             env=cli.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline:
-            if tf.train.latest_checkpoint(ckpts):
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    returncode = cli.kill_when(proc, lambda: bool(tf.train.latest_checkpoint(ckpts)))
+    assert returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
     killed_at = tf.train.latest_checkpoint(ckpts)
     step = int(killed_at.rsplit("-", 1)[1])
     assert 10 <= step < STEPS
