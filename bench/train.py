@@ -17,6 +17,8 @@ concatenate). The tutorial's code is bench/tutorial.py.
    batches vs trainer.train's step fed by trainer.data (input included), on
    the default strategy and on 2 virtual CPU replicas (own process: virtual
    devices must be set before TF starts).
+   Also the loss lever alone: the in-batch softmax + gradients, plain vs
+   trainer.losses' blocked version, in one process.
 3. eval: seconds for the full top-k metrics over the test split: our
    trainer.evaluate vs tfrs.metrics.FactorizedTopK fed movies.batch(128)
    .map(candidate_model) as in the tutorial, same towers and batches, first
@@ -233,8 +235,44 @@ def _xla_lever(shapes) -> list:
     return out
 
 
+def case_loss(a) -> dict:
+    """The loss lever alone: in-batch softmax loss + gradients, the plain way
+    (whole [b, b] score matrix, sparse_softmax_cross_entropy_with_logits) vs
+    trainer.losses' blocked one, same inputs, interleaved in one process
+    (so load hits both alike); median of 7 after 2."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import losses
+
+    out = []
+    for b, d in ((BATCH, DIM), (2048, 128)):
+        rng = np.random.default_rng(0)
+        q = tf.Variable(rng.normal(0, 0.3, (b, d)).astype(np.float32))
+        c = tf.Variable(rng.normal(0, 0.3, (b, d)).astype(np.float32))
+        fns = {}
+        for name, loss in (("plain", losses.reference_in_batch_softmax_loss),
+                           ("blocked", losses.in_batch_softmax_loss)):
+            @tf.function
+            def fn(loss=loss, q=q, c=c):
+                with tf.GradientTape() as tape:
+                    value = loss(q, c)
+                return [value, *tape.gradient(value, [q, c])]
+            fns[name] = fn
+        times = {name: [] for name in fns}
+        for i in range(9):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                [x.numpy() for x in fn()]
+                if i >= 2:
+                    times[name].append(time.perf_counter() - t)
+        out.append({"batch": b, "dim": d,
+                    **{name: statistics.median(v) for name, v in times.items()}})
+    return {"loss": out}
+
+
 CASES = {"input_ours": case_input_ours, "tutorial": case_tutorial, "step_ours": case_step_ours,
-         "eval": case_eval}
+         "eval": case_eval, "loss": case_loss}
 
 
 # -------------------------------------------------------------------- parent
@@ -287,6 +325,7 @@ def main(argv=None) -> int:
     if "step" in sections:
         r["step_1"] = run_case("step_ours", [gz, *common])
         r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *common])
+        r["loss"] = run_case("loss", [])
     if "eval" in sections:
         r["eval"] = run_case("eval", [gz])
     load.append(os.getloadavg()[0])
@@ -324,6 +363,11 @@ def main(argv=None) -> int:
             vs = _goal("step", rate / base) if goal else "1.0x"
             print(f"| {name} | {reps} | {s['step_s']:.2f} ({s['min_s']:.2f}..{s['max_s']:.2f}) "
                   f"| {rate:,.0f} | {vs} | {x.get('peak_rss_mb', 0):,.0f} |")
+        print("\nlever: the in-batch softmax loss + its gradients alone, plain [b, b] scores + "
+              "sparse_softmax_cross_entropy_with_logits vs trainer.losses (blocked):")
+        for x in r["loss"]["loss"]:
+            print(f"  batch {x['batch']:,}, dim {x['dim']}: {x['plain'] * 1000:.0f} ms vs "
+                  f"{x['blocked'] * 1000:.0f} ms ({x['plain'] / x['blocked']:.2f}x)")
     if "eval" in sections:
         e = r["eval"]
         print(f"\n| evaluation: {e['queries']:,} test queries x {e['candidates']:,} candidates, "
