@@ -5,6 +5,9 @@ movies a user watched (oldest first, right-padded with 0), encoded by
 lookup -> Embedding -> GRU; the candidate is the next movie, encoded by
 lookup -> Embedding. Training maximises the score of the true next movie
 against the other movies of the batch (in-batch softmax, `tfrs.tasks.Retrieval`).
+Options beyond the tutorial (see build_towers): a skip connection from the last
+K context movies past the GRU, tied embedding tables, L2-normalised outputs,
+and a popularity prior added to the scores at inference only.
 
 Only `tf.keras` is used (tf_keras under TF_USE_LEGACY_KERAS=1): TFRS 0.7.7 is
 Keras 2 code, and a Keras 3 layer mixed in fails at fit time.
@@ -43,6 +46,10 @@ def build_towers(
     gru_layers: int = 1,
     dropout: float = 0.0,
     mask_padding: bool = True,
+    share_embeddings: bool = False,
+    normalize: bool = False,
+    last_movies: int = 0,
+    log_prior: Sequence[float] | None = None,
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
     """Builds the two towers. Call inside `strategy.scope()` when distributing.
 
@@ -57,24 +64,56 @@ def build_towers(
         layer's output (active only when called with training=True).
       mask_padding: mask the pad id (row 0) so the GRU skips padded steps.
         False embeds the pad like a movie, as the TFRS tutorial does.
+      share_embeddings: one [V+2, d] table ("movie_embedding") embeds both the
+        context movies and the candidates (weight tying, as SASRec does): the
+        two lookups have the same vocabulary in the same order, so row r is the
+        same movie in both towers. Every movie then learns from its ~L
+        appearances in contexts as well as from being a label.
+      last_movies: K > 0: the query output is a linear map of [GRU state,
+        embeddings of the last K context movies] (zeros where a context is
+        shorter): a skip connection past the GRU, so "what follows these
+        movies" is a direct bilinear score however narrow the GRU is
+        (STAMP-style last-click emphasis). Costs (u + K e) d MACs per query,
+        against the GRU's ~3 L u (e + u).
+      normalize: L2-normalise both towers' outputs, so scores are cosines
+        (pair with a temperature well below 1).
+      log_prior: [V] per movie (vocabulary order), added to every score at
+        inference only (see popularity_log_prior): both towers get one more
+        output column, the candidate's prior and, for the query, 1 at
+        inference and 0 in training, so training is unchanged and evaluation,
+        export and serving (plain dot products) all include the prior.
 
     Returns:
       (query_model, candidate_model):
-        query_model: int64 context ids [B, L] (raw ids, 0 = pad) -> float32 [B, d].
-        candidate_model: int64 movie ids [B] -> float32 [B, d].
+        query_model: int64 context ids [B, L] (raw ids, 0 = pad) -> float32 [B, d]
+          ([B, d + 1] with log_prior).
+        candidate_model: int64 movie ids [B] -> float32 [B, d] ([B, d + 1]).
       Ids not in `movie_ids` share one out-of-vocabulary row.
     """
     units = gru_units or embedding_dim
     context = tf.keras.Input(shape=(context_length,), dtype=tf.int64, name=schema.CONTEXT_MOVIE_ID)
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
-    # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
-    # final state is the state after the last real movie (contexts are
-    # right-padded, oldest first). Unmasked, a short context's state is the
-    # state after several "pad movie" steps, which blurs what came last.
-    x = tf.keras.layers.Embedding(
-        lookup.vocabulary_size(), embedding_dim, mask_zero=mask_padding, name="query_embedding"
-    )(rows)
+    if share_embeddings:
+        # No mask_zero on a shared table: the candidate tower's output would
+        # carry a Keras mask. The GRU gets the same mask explicitly instead.
+        table = tf.keras.layers.Embedding(
+            lookup.vocabulary_size(), embedding_dim, name="movie_embedding")
+        x = table(rows)
+        mask = tf.keras.layers.Lambda(lambda r: tf.not_equal(r, 0), name="pad_mask")(rows)
+    else:
+        # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
+        # final state is the state after the last real movie (contexts are
+        # right-padded, oldest first). Unmasked, a short context's state is the
+        # state after several "pad movie" steps, which blurs what came last.
+        table = None
+        x = tf.keras.layers.Embedding(
+            lookup.vocabulary_size(), embedding_dim, mask_zero=mask_padding, name="query_embedding"
+        )(rows)
+        mask = None
+    if not mask_padding:
+        mask = None
+    embedded = x
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="query_embedding_dropout")(x)
     for i in range(gru_layers):
@@ -82,21 +121,116 @@ def build_towers(
         # Layer names stay "query_gru" for one layer so older checkpoints and
         # tests that look the layer up keep working.
         name = "query_gru" if gru_layers == 1 else f"query_gru_{i}"
-        x = tf.keras.layers.GRU(units, return_sequences=not last, name=name)(x)
+        gru = tf.keras.layers.GRU(units, return_sequences=not last, name=name)
+        # An explicit mask (shared table) is given to the first layer; Keras
+        # propagates it to the next ones like an Embedding's mask_zero mask.
+        x = gru(x, mask=mask) if (i == 0 and mask is not None) else gru(x)
         if dropout and not last:
             x = tf.keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
-    if units != embedding_dim:
+    if last_movies:
+        x = tf.keras.layers.Concatenate(name="query_state_and_last_movies")(
+            [x, LastMovies(last_movies, name="last_movies")(embedded, rows)])
+    if units != embedding_dim or last_movies:
         x = tf.keras.layers.Dense(embedding_dim, name="query_projection")(x)
+    if normalize:
+        x = tf.keras.layers.UnitNormalization(name="query_normalize")(x)
+    if log_prior is not None:
+        x = InferenceOnes(name="query_prior_weight")(x)
     query_model = tf.keras.Model(context, x, name="query_model")
 
     movie = tf.keras.Input(shape=(), dtype=tf.int64, name=schema.LABEL_MOVIE_ID)
     lookup = _lookup(movie_ids, "candidate_lookup")
     rows = lookup(movie)
-    candidate = tf.keras.layers.Embedding(
-        lookup.vocabulary_size(), embedding_dim, name="candidate_embedding"
-    )(rows)
+    if table is None:
+        table = tf.keras.layers.Embedding(
+            lookup.vocabulary_size(), embedding_dim, name="candidate_embedding")
+    candidate = table(rows)
+    if normalize:
+        candidate = tf.keras.layers.UnitNormalization(name="candidate_normalize")(candidate)
+    if log_prior is not None:
+        prior = np.asarray(log_prior, np.float32).reshape(-1)
+        if prior.size != len(movie_ids):
+            raise ValueError(f"log_prior has {prior.size} values for {len(movie_ids)} movies")
+        # Rows 0 (pad) and 1 (unknown id) get the lowest prior.
+        rows_prior = np.concatenate([[prior.min()] * 2, prior]).astype(np.float32)
+        candidate = RowPrior(rows_prior, name="candidate_prior")(candidate, rows)
     candidate_model = tf.keras.Model(movie, candidate, name="candidate_model")
     return query_model, candidate_model
+
+
+class LastMovies(tf.keras.layers.Layer):
+    """The embeddings of the last K real movies of right-padded contexts.
+
+    call(embedded [B, L, e], rows [B, L] lookup rows, 0 = pad) -> [B, K e]:
+    the last movie's embedding first, then the one before it, ...; zeros
+    where a context holds fewer than K movies.
+    """
+
+    def __init__(self, k: int, **kwargs):
+        super().__init__(**kwargs)
+        self.k = int(k)
+
+    def call(self, embedded, rows):
+        length = tf.reduce_sum(tf.cast(tf.not_equal(rows, 0), tf.int32), axis=1)  # [B]
+        out = []
+        for back in range(self.k):
+            index = length - 1 - back  # [B]
+            picked = tf.gather(embedded, tf.maximum(index, 0), batch_dims=1)  # [B, e]
+            out.append(picked * tf.cast(index >= 0, embedded.dtype)[:, None])
+        return tf.concat(out, axis=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+class InferenceOnes(tf.keras.layers.Layer):
+    """[B, d] -> [B, d + 1]: appends 1 at inference, 0 in training."""
+
+    def call(self, x, training=None):
+        if training is None:
+            training = tf.keras.backend.learning_phase()
+        weight = 1.0 - tf.cast(training, x.dtype)
+        return tf.concat([x, tf.ones_like(x[:, :1]) * weight], axis=1)
+
+
+class RowPrior(tf.keras.layers.Layer):
+    """call(embedding [B, d], rows [B]) -> [B, d + 1]: appends prior[rows]."""
+
+    def __init__(self, prior, **kwargs):
+        super().__init__(**kwargs)
+        # A constant, not a variable: it comes from the data's counts and is
+        # not trained, so checkpoints do not depend on it.
+        self.prior = np.asarray(prior, np.float32)
+
+    def call(self, embedding, rows):
+        value = tf.gather(tf.constant(self.prior), rows)
+        return tf.concat([embedding, tf.cast(value, embedding.dtype)[:, None]], axis=1)
+
+
+def popularity_log_prior(counts: Sequence[int], weight: float = 1.0) -> np.ndarray:
+    """weight * log q per movie, q = (count + 1) / (total + V) (add-one smoothed).
+
+    Why: the in-batch softmax draws negatives in proportion to q (they are
+    other examples' labels), so its optimum scores are log p(y | x) - log q(y)
+    + c(x) (Yi et al. 2019): popular movies come out demoted. Adding log q at
+    inference ranks by log p(y | x), which top-k recall rewards. It is the
+    logQ correction applied when serving instead of to the training logits
+    (which changes how the model trains; see sampling_probabilities).
+
+    Args:
+      counts: [V] train-split label counts (vocabulary order).
+      weight: the prior's weight in logits (1: the full correction).
+
+    Returns:
+      float32 [V].
+    """
+    counts = np.asarray(counts, np.float64)
+    if counts.ndim != 1 or counts.size == 0 or (counts < 0).any():
+        raise ValueError("counts must be a non-empty [V] vector of counts >= 0")
+    return (weight * np.log((counts + 1) / (counts.sum() + counts.size))).astype(np.float32)
 
 
 def sampling_probabilities(counts: Sequence[int], power: float = 1.0) -> np.ndarray:
@@ -149,6 +283,7 @@ class SequentialRetrievalModel(tfrs.Model):
         movie_ids: Sequence[int] | None = None,
         sampling_probability: Sequence[float] | None = None,
         sparse_loss: bool = True,
+        uniform_negatives: int = 0,
         **kwargs,
     ):
         """Args:
@@ -165,6 +300,10 @@ class SequentialRetrievalModel(tfrs.Model):
             (trainer/losses.py) instead of TFRS's dense [b, c] one-hot labels,
             ~5x less peak memory at batch 12800; False (or
             remove_accidental_hits) uses tfrs.tasks.Retrieval itself.
+          uniform_negatives: N > 0: each step also scores every query against
+            N movies drawn uniformly from movie_ids (mixed negative sampling,
+            Yang et al. 2020): in-batch negatives are drawn by popularity, so
+            rare movies are almost never pushed down and leak into top-k.
         """
         super().__init__(**kwargs)
         if negatives not in ("global", "per_replica"):
@@ -183,6 +322,14 @@ class SequentialRetrievalModel(tfrs.Model):
             temperature=None if temperature == 1.0 else float(temperature),
             remove_accidental_hits=self.remove_accidental_hits,
         )
+        self.uniform_negatives = int(uniform_negatives)
+        if self.uniform_negatives:
+            if movie_ids is None:
+                raise ValueError("uniform_negatives needs movie_ids")
+            if sampling_probability is not None or self.remove_accidental_hits:
+                raise ValueError("uniform_negatives cannot be combined with the sampling "
+                                 "correction or accidental-hit removal")
+            self._all_ids = tf.constant(np.asarray(movie_ids, np.int64))
         self._probability = None
         if sampling_probability is not None:
             if movie_ids is None or len(movie_ids) != len(sampling_probability):
@@ -236,6 +383,13 @@ class SequentialRetrievalModel(tfrs.Model):
         query, candidate = self(features, training=training)
         ids = tf.reshape(tf.cast(features[schema.LABEL_MOVIE_ID], tf.int64), [-1])
         candidate, ids = self._candidates(candidate, ids)
+        if self.uniform_negatives and training:
+            # Extra columns past the batch's own: only negatives (the labels
+            # stay the diagonal). Each replica draws its own N.
+            drawn = tf.random.uniform([self.uniform_negatives], 0, tf.shape(self._all_ids)[0],
+                                      tf.int32)
+            extra = self.candidate_model(tf.gather(self._all_ids, drawn), training=training)
+            candidate = tf.concat([candidate, tf.cast(extra, candidate.dtype)], axis=0)
         probability = None
         if self._probability is not None:
             probability = tf.gather(self._probability, self._probability_lookup(ids))

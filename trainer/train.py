@@ -45,6 +45,13 @@ def _define_flags() -> None:
     flags.DEFINE_integer("gru_units", d.gru_units, "GRU width (0: --embedding_dim).")
     flags.DEFINE_integer("gru_layers", d.gru_layers, "Stacked GRU layers.")
     flags.DEFINE_float("dropout", d.dropout, "Dropout in the query tower (training only).")
+    flags.DEFINE_bool("share_embeddings", d.share_embeddings,
+                      "One embedding table for context movies and candidates (weight tying).")
+    flags.DEFINE_bool("normalize", d.normalize,
+                      "L2-normalise both towers' outputs (cosine scores; use a low temperature).")
+    flags.DEFINE_integer("last_movies", d.last_movies,
+                         "The query output also sees the last K context movies' embeddings "
+                         "directly (a skip past the GRU; 0: off).")
     flags.DEFINE_bool("mask_padding", d.mask_padding,
                       "Mask padded context steps (--nomask_padding: like the tutorial).")
     flags.DEFINE_float("temperature", d.temperature, "Softmax temperature (scores / T).")
@@ -54,6 +61,14 @@ def _define_flags() -> None:
                        "Weight of the sampling-bias correction -w*log(q) (0: off, 1: full).")
     flags.DEFINE_bool("remove_accidental_hits", d.remove_accidental_hits,
                       "The label's movie elsewhere in the batch is not a negative.")
+    flags.DEFINE_float("popularity_prior", d.popularity_prior,
+                       "Weight b of b * log(label share) added to every score at inference "
+                       "(evaluation, export); 0: off.")
+    flags.DEFINE_integer("uniform_negatives", d.uniform_negatives,
+                         "Also score each query against N movies drawn uniformly per step "
+                         "(mixed negative sampling; 0: in-batch negatives only). Drawn by TF's "
+                         "seeded RNG, which a checkpoint does not hold: a resumed run draws "
+                         "other negatives than an uninterrupted one.")
     flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
     flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES,
                       "Learning-rate decay after the warmup.")
@@ -134,13 +149,19 @@ def build(info, cfg, strategy):
         tf.keras.utils.set_random_seed(cfg.seed)
         query_model, candidate_model = model_lib.build_towers(
             info.movie_ids, cfg.embedding_dim, info.context_length, gru_units=cfg.gru_units,
-            gru_layers=cfg.gru_layers, dropout=cfg.dropout, mask_padding=cfg.mask_padding)
+            gru_layers=cfg.gru_layers, dropout=cfg.dropout, mask_padding=cfg.mask_padding,
+            share_embeddings=cfg.share_embeddings, normalize=cfg.normalize,
+            last_movies=cfg.last_movies,
+            log_prior=(model_lib.popularity_log_prior(
+                info.counts, cfg.popularity_prior * cfg.temperature)
+                if cfg.popularity_prior else None))
         probability = (model_lib.sampling_probabilities(info.counts, cfg.logq_correction)
                        if cfg.logq_correction else None)
         model = model_lib.SequentialRetrievalModel(
             query_model, candidate_model, cfg.global_batch_size, negatives=cfg.negatives,
             temperature=cfg.temperature, remove_accidental_hits=cfg.remove_accidental_hits,
-            movie_ids=info.movie_ids, sampling_probability=probability)
+            movie_ids=info.movie_ids, sampling_probability=probability,
+            uniform_negatives=cfg.uniform_negatives)
         model({schema.CONTEXT_MOVIE_ID: tf.zeros([1, info.context_length], tf.int64),
                schema.LABEL_MOVIE_ID: tf.zeros([1], tf.int64)})
         optimizer = make_optimizer(
