@@ -18,7 +18,9 @@ concatenate). The tutorial's code is bench/tutorial.py.
    the default strategy and on 2 virtual CPU replicas (own process: virtual
    devices must be set before TF starts).
    Also the loss lever alone: the in-batch softmax + gradients, plain vs
-   trainer.losses' blocked version, in one process.
+   trainer.losses' blocked version, in one process; and the query-tower
+   levers at a model-sized shape (--lever_batch, --lever_dim): the GRU as
+   Keras's loop vs unrolled, float32 vs mixed_bfloat16.
 3. eval: seconds for the full top-k metrics over the test split: our
    trainer.evaluate vs tfrs.metrics.FactorizedTopK fed movies.batch(128)
    .map(candidate_model) as in the tutorial, same towers and batches, first
@@ -271,8 +273,52 @@ def case_loss(a) -> dict:
     return {"loss": out}
 
 
+def case_tower_levers(a) -> dict:
+    """Query-tower levers at a model-sized shape: forward + backward of the
+    towers and the loss, the GRU as Keras's loop (cuDNN-swappable) vs unrolled
+    (the CPU default), float32 vs mixed_bfloat16; interleaved in one process,
+    median of 7 after 2."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import losses, model
+
+    b, d, length = a.lever_batch, a.lever_dim, 10
+    info = _info(a.data_dir)
+    rng = np.random.default_rng(0)
+    context = np.zeros((b, length), np.int64)
+    for i, k in enumerate(rng.integers(1, length + 1, b)):
+        context[i, :k] = rng.choice(info.movie_ids, k)
+    context = tf.constant(context)
+    label = tf.constant(rng.choice(info.movie_ids, b), tf.int64)
+    variants = {"loop, float32": (False, "float32"), "unrolled, float32": (True, "float32"),
+                "unrolled, mixed_bfloat16": (True, "mixed_bfloat16")}
+    fns = {}
+    for name, (unroll, policy) in variants.items():
+        q, c = model.build_towers(info.movie_ids, d, length, unroll_gru=unroll,
+                                  dtype_policy=policy)
+
+        @tf.function
+        def fn(q=q, c=c):
+            with tf.GradientTape() as tape:
+                value = losses.in_batch_softmax_loss(q(context, training=True),
+                                                     c(label, training=True))
+            grads = tape.gradient(value, q.trainable_variables + c.trainable_variables)
+            return [value, *(tf.convert_to_tensor(g) for g in grads)]
+        fns[name] = fn
+    times = {name: [] for name in fns}
+    for i in range(9):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            [x.numpy() for x in fn()]
+            if i >= 2:
+                times[name].append(time.perf_counter() - t)
+    return {"batch": b, "dim": d, "ms": {k: 1000 * statistics.median(v) for k, v in times.items()}}
+
+
 CASES = {"input_ours": case_input_ours, "tutorial": case_tutorial, "step_ours": case_step_ours,
-         "eval": case_eval, "loss": case_loss}
+         "eval": case_eval, "loss": case_loss,
+         "tower_levers": case_tower_levers}
 
 
 # -------------------------------------------------------------------- parent
@@ -304,6 +350,10 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", help=argparse.SUPPRESS)
     p.add_argument("--tutorial_dir", help=argparse.SUPPRESS)
     p.add_argument("--virtual_cpu_devices", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--lever_batch", type=int, default=2048,
+                   help="batch of the query-tower lever comparison (step section)")
+    p.add_argument("--lever_dim", type=int, default=128,
+                   help="embedding/GRU width of the query-tower lever comparison")
     a = p.parse_args(argv)
     if a.case:
         out = CASES[a.case](a)
@@ -326,6 +376,8 @@ def main(argv=None) -> int:
         r["step_1"] = run_case("step_ours", [gz, *common])
         r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *common])
         r["loss"] = run_case("loss", [])
+        r["levers"] = run_case("tower_levers", [gz, f"--lever_batch={a.lever_batch}",
+                                                f"--lever_dim={a.lever_dim}"])
     if "eval" in sections:
         r["eval"] = run_case("eval", [gz])
     load.append(os.getloadavg()[0])
@@ -368,6 +420,12 @@ def main(argv=None) -> int:
         for x in r["loss"]["loss"]:
             print(f"  batch {x['batch']:,}, dim {x['dim']}: {x['plain'] * 1000:.0f} ms vs "
                   f"{x['blocked'] * 1000:.0f} ms ({x['plain'] / x['blocked']:.2f}x)")
+        lv = r["levers"]
+        base_ms = lv["ms"]["loop, float32"]
+        print(f"\nlevers: towers + loss forward and backward, batch {lv['batch']:,}, "
+              f"dim {lv['dim']} (the GRU dominates at this width):")
+        for name, ms in lv["ms"].items():
+            print(f"  GRU {name}: {ms:.0f} ms ({base_ms / ms:.2f}x)")
     if "eval" in sections:
         e = r["eval"]
         print(f"\n| evaluation: {e['queries']:,} test queries x {e['candidates']:,} candidates, "

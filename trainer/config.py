@@ -19,6 +19,9 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 #   (all_gather), so the loss and gradients equal one device's on that batch.
 # per_replica: TFRS's own behaviour under MirroredStrategy (local batch only).
 NEGATIVES = ("global", "per_replica")
+# Keras dtype policies: float32 everywhere, or float32 variables with 16-bit
+# arithmetic (bfloat16: no loss scaling needed; float16: loss-scaled).
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 CONFIG_FILE = "config.json"
 
@@ -26,7 +29,10 @@ CONFIG_FILE = "config.json"
 # slots): a checkpoint written with other values cannot be restored. The value
 # is the flag that sets it, for error messages.
 SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer",
-                "gru_units": "--gru_units", "gru_layers": "--gru_layers"}
+                "gru_units": "--gru_units", "gru_layers": "--gru_layers",
+                # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other
+                # checkpoint keys); any change is refused rather than half-restored.
+                "dtype_policy": "--dtype_policy"}
 
 
 class ConfigError(ValueError):
@@ -84,6 +90,8 @@ class TrainConfig:
       remove_accidental_hits: the label's movie appearing elsewhere in the
         batch is not a negative for that query.
       optimizer: one of OPTIMIZERS.
+      dtype_policy: one of DTYPE_POLICIES, for the towers' layers (variables
+        stay float32; scores, loss and evaluation are float32 either way).
       lr_schedule: one of LR_SCHEDULES: after the warmup, keep the rate, or
         decay it to 0 at the last step (cosine or linear).
       warmup_fraction: fraction of all steps with a linear warmup from 0.
@@ -117,6 +125,7 @@ class TrainConfig:
     logq_correction: float = 0.0
     remove_accidental_hits: bool = False
     optimizer: str = "adam"
+    dtype_policy: str = "float32"
     lr_schedule: str = "cosine"
     warmup_fraction: float = 0.05
     strategy: str = "auto"
@@ -148,6 +157,8 @@ class TrainConfig:
         need(self.negatives in NEGATIVES, "negatives", f"must be one of {NEGATIVES}")
         need(self.logq_correction >= 0, "logq_correction", "must be >= 0")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        need(self.dtype_policy in DTYPE_POLICIES, "dtype_policy",
+             f"must be one of {DTYPE_POLICIES}")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
         need(0 <= self.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
