@@ -237,6 +237,19 @@ def _xla_lever(shapes) -> list:
     return out
 
 
+def _interleaved_medians(fns: dict, runs: int = 9, warmup: int = 2) -> dict:
+    """name -> median seconds of fn() (outputs fetched) over runs - warmup calls,
+    the functions called in turn so that load hits every variant alike."""
+    times = {name: [] for name in fns}
+    for i in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            [x.numpy() for x in fn()]
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def case_loss(a) -> dict:
     """The loss lever alone: in-batch softmax loss + gradients, the plain way
     (whole [b, b] score matrix, sparse_softmax_cross_entropy_with_logits) vs
@@ -261,15 +274,7 @@ def case_loss(a) -> dict:
                     value = loss(q, c)
                 return [value, *tape.gradient(value, [q, c])]
             fns[name] = fn
-        times = {name: [] for name in fns}
-        for i in range(9):
-            for name, fn in fns.items():
-                t = time.perf_counter()
-                [x.numpy() for x in fn()]
-                if i >= 2:
-                    times[name].append(time.perf_counter() - t)
-        out.append({"batch": b, "dim": d,
-                    **{name: statistics.median(v) for name, v in times.items()}})
+        out.append({"batch": b, "dim": d, **_interleaved_medians(fns)})
     return {"loss": out}
 
 
@@ -306,14 +311,8 @@ def case_tower_levers(a) -> dict:
             grads = tape.gradient(value, q.trainable_variables + c.trainable_variables)
             return [value, *(tf.convert_to_tensor(g) for g in grads)]
         fns[name] = fn
-    times = {name: [] for name in fns}
-    for i in range(9):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            [x.numpy() for x in fn()]
-            if i >= 2:
-                times[name].append(time.perf_counter() - t)
-    return {"batch": b, "dim": d, "ms": {k: 1000 * statistics.median(v) for k, v in times.items()}}
+    medians = _interleaved_medians(fns)
+    return {"batch": b, "dim": d, "ms": {k: 1000 * v for k, v in medians.items()}}
 
 
 CASES = {"input_ours": case_input_ours, "tutorial": case_tutorial, "step_ours": case_step_ours,
