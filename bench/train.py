@@ -1,6 +1,7 @@
 """Training speed, ours vs the TFRS tutorial's code, side by side on the same data.
 
     python -m bench.train [--work_dir=/tmp/seqrec-bench-train] [--steps=10] [--warmup=2]
+    python -m bench.train --sections=step --dtype_policy=mixed_bfloat16   # 16-bit (GPU lever)
     python -m bench.train --sections=eval     # one section: input, step, eval
 
 Data: beam_jobs.synthetic defaults (MovieLens-1M shape) -> the Beam job twice
@@ -154,7 +155,7 @@ def case_step_ours(a) -> dict:
     info = _info(a.data_dir)
     strategy = distribute.make_strategy("auto" if a.virtual_cpu_devices else "default")
     cfg = TrainConfig(data_dir=a.data_dir, model_dir="-", global_batch_size=BATCH,
-                      embedding_dim=DIM, epochs=100)
+                      embedding_dim=DIM, epochs=100, dtype_policy=a.dtype_policy)
     model, optimizer = train.build(info, cfg, strategy)
     ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.make_train_dataset(info, BATCH, cfg.epochs, cfg.seed,
@@ -349,6 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", help=argparse.SUPPRESS)
     p.add_argument("--tutorial_dir", help=argparse.SUPPRESS)
     p.add_argument("--virtual_cpu_devices", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--dtype_policy", default="float32",
+                   help="our step cases' --dtype_policy (mixed_bfloat16/mixed_float16: the GPU lever)")
     p.add_argument("--lever_batch", type=int, default=2048,
                    help="batch of the query-tower lever comparison (step section)")
     p.add_argument("--lever_dim", type=int, default=128,
@@ -363,6 +366,7 @@ def main(argv=None) -> int:
     sections = a.sections.split(",")
     paths = prepare(a.work_dir)
     common = [f"--steps={a.steps}", f"--warmup={a.warmup}"]
+    ours = [*common, f"--dtype_policy={a.dtype_policy}"]
     gz, raw = f"--data_dir={paths['gzip']}", f"--data_dir={paths['none']}"
     load = [os.getloadavg()[0]]
     r = {}
@@ -372,8 +376,8 @@ def main(argv=None) -> int:
         r["in_gz"] = run_case("input_ours", [gz])
         r["in_raw"] = run_case("input_ours", [raw])
     if "step" in sections:
-        r["step_1"] = run_case("step_ours", [gz, *common])
-        r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *common])
+        r["step_1"] = run_case("step_ours", [gz, *ours])
+        r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *ours])
         r["loss"] = run_case("loss", [])
         r["levers"] = run_case("tower_levers", [gz, f"--lever_batch={a.lever_batch}",
                                                 f"--lever_dim={a.lever_dim}"])
@@ -400,14 +404,16 @@ def main(argv=None) -> int:
             print(f"| {name} | {x['examples']:,} | {x['seconds']:.1f} | {rate:,.0f} | {vs} |")
     if "step" in sections:
         base = BATCH / r["tutorial"]["step"]["step_s"]
-        print("\n| training step, batch 12800, dim 32 | replicas | median s/step (min..max) "
+        print(f"\n| training step, batch 12800, dim 32 (ours: {a.dtype_policy}) | replicas "
+              "| median s/step (min..max) "
               "| examples/s | vs tutorial | process peak RSS MB |")
         print("|---|---:|---:|---:|---|---:|")
         for name, x, reps, goal in [
             ("tutorial: model.fit on its cached batches", r["tutorial"], 1, False),
             ("ours: trainer.train step + trainer.data (GZIP), default strategy", r["step_1"], 1,
              True),
-            ("ours: same, MirroredStrategy on 2 virtual CPUs", r["step_2"], 2, True),
+            ("ours: same, MirroredStrategy on all local devices (GPUs, else 2 virtual CPUs)",
+             r["step_2"], r["step_2"]["replicas"], True),
         ]:
             s = x["step"]
             rate = BATCH / s["step_s"]
