@@ -1,6 +1,7 @@
 """Training speed, ours vs the TFRS tutorial's code, side by side on the same data.
 
     python -m bench.train [--work_dir=/tmp/seqrec-bench-train] [--steps=10] [--warmup=2]
+    python -m bench.train --sections=step --dtype_policy=mixed_bfloat16   # 16-bit (GPU lever)
     python -m bench.train --sections=eval     # one section: input, step, eval
 
 Data: beam_jobs.synthetic defaults (MovieLens-1M shape) -> the Beam job twice
@@ -18,7 +19,9 @@ concatenate). The tutorial's code is bench/tutorial.py.
    the default strategy and on 2 virtual CPU replicas (own process: virtual
    devices must be set before TF starts).
    Also the loss lever alone: the in-batch softmax + gradients, plain vs
-   trainer.losses' blocked version, in one process.
+   trainer.losses' blocked version, in one process; and the query-tower
+   levers at a model-sized shape (--lever_batch, --lever_dim): the GRU as
+   Keras's loop vs unrolled, float32 vs mixed_bfloat16.
 3. eval: seconds for the full top-k metrics over the test split: our
    trainer.evaluate vs tfrs.metrics.FactorizedTopK fed movies.batch(128)
    .map(candidate_model) as in the tutorial, same towers and batches, first
@@ -152,7 +155,7 @@ def case_step_ours(a) -> dict:
     info = _info(a.data_dir)
     strategy = distribute.make_strategy("auto" if a.virtual_cpu_devices else "default")
     cfg = TrainConfig(data_dir=a.data_dir, model_dir="-", global_batch_size=BATCH,
-                      embedding_dim=DIM, epochs=100)
+                      embedding_dim=DIM, epochs=100, dtype_policy=a.dtype_policy)
     model, optimizer = train.build(info, cfg, strategy)
     ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.make_train_dataset(info, BATCH, cfg.epochs, cfg.seed,
@@ -235,6 +238,19 @@ def _xla_lever(shapes) -> list:
     return out
 
 
+def _interleaved_medians(fns: dict, runs: int = 9, warmup: int = 2) -> dict:
+    """name -> median seconds of fn() (outputs fetched) over runs - warmup calls,
+    the functions called in turn so that load hits every variant alike."""
+    times = {name: [] for name in fns}
+    for i in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            [x.numpy() for x in fn()]
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def case_loss(a) -> dict:
     """The loss lever alone: in-batch softmax loss + gradients, the plain way
     (whole [b, b] score matrix, sparse_softmax_cross_entropy_with_logits) vs
@@ -259,20 +275,50 @@ def case_loss(a) -> dict:
                     value = loss(q, c)
                 return [value, *tape.gradient(value, [q, c])]
             fns[name] = fn
-        times = {name: [] for name in fns}
-        for i in range(9):
-            for name, fn in fns.items():
-                t = time.perf_counter()
-                [x.numpy() for x in fn()]
-                if i >= 2:
-                    times[name].append(time.perf_counter() - t)
-        out.append({"batch": b, "dim": d,
-                    **{name: statistics.median(v) for name, v in times.items()}})
+        out.append({"batch": b, "dim": d, **_interleaved_medians(fns)})
     return {"loss": out}
 
 
+def case_tower_levers(a) -> dict:
+    """Query-tower levers at a model-sized shape: forward + backward of the
+    towers and the loss, the GRU as Keras's loop (cuDNN-swappable) vs unrolled
+    (the CPU default), float32 vs mixed_bfloat16; interleaved in one process,
+    median of 7 after 2."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import losses, model
+
+    b, d, length = a.lever_batch, a.lever_dim, 10
+    info = _info(a.data_dir)
+    rng = np.random.default_rng(0)
+    context = np.zeros((b, length), np.int64)
+    for i, k in enumerate(rng.integers(1, length + 1, b)):
+        context[i, :k] = rng.choice(info.movie_ids, k)
+    context = tf.constant(context)
+    label = tf.constant(rng.choice(info.movie_ids, b), tf.int64)
+    variants = {"loop, float32": (False, "float32"), "unrolled, float32": (True, "float32"),
+                "unrolled, mixed_bfloat16": (True, "mixed_bfloat16")}
+    fns = {}
+    for name, (unroll, policy) in variants.items():
+        q, c = model.build_towers(info.movie_ids, d, length, unroll_gru=unroll,
+                                  dtype_policy=policy)
+
+        @tf.function
+        def fn(q=q, c=c):
+            with tf.GradientTape() as tape:
+                value = losses.in_batch_softmax_loss(q(context, training=True),
+                                                     c(label, training=True))
+            grads = tape.gradient(value, q.trainable_variables + c.trainable_variables)
+            return [value, *(tf.convert_to_tensor(g) for g in grads)]
+        fns[name] = fn
+    medians = _interleaved_medians(fns)
+    return {"batch": b, "dim": d, "ms": {k: 1000 * v for k, v in medians.items()}}
+
+
 CASES = {"input_ours": case_input_ours, "tutorial": case_tutorial, "step_ours": case_step_ours,
-         "eval": case_eval, "loss": case_loss}
+         "eval": case_eval, "loss": case_loss,
+         "tower_levers": case_tower_levers}
 
 
 # -------------------------------------------------------------------- parent
@@ -304,6 +350,12 @@ def main(argv=None) -> int:
     p.add_argument("--data_dir", help=argparse.SUPPRESS)
     p.add_argument("--tutorial_dir", help=argparse.SUPPRESS)
     p.add_argument("--virtual_cpu_devices", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--dtype_policy", default="float32",
+                   help="our step cases' --dtype_policy (mixed_bfloat16/mixed_float16: the GPU lever)")
+    p.add_argument("--lever_batch", type=int, default=2048,
+                   help="batch of the query-tower lever comparison (step section)")
+    p.add_argument("--lever_dim", type=int, default=128,
+                   help="embedding/GRU width of the query-tower lever comparison")
     a = p.parse_args(argv)
     if a.case:
         out = CASES[a.case](a)
@@ -314,6 +366,7 @@ def main(argv=None) -> int:
     sections = a.sections.split(",")
     paths = prepare(a.work_dir)
     common = [f"--steps={a.steps}", f"--warmup={a.warmup}"]
+    ours = [*common, f"--dtype_policy={a.dtype_policy}"]
     gz, raw = f"--data_dir={paths['gzip']}", f"--data_dir={paths['none']}"
     load = [os.getloadavg()[0]]
     r = {}
@@ -323,9 +376,11 @@ def main(argv=None) -> int:
         r["in_gz"] = run_case("input_ours", [gz])
         r["in_raw"] = run_case("input_ours", [raw])
     if "step" in sections:
-        r["step_1"] = run_case("step_ours", [gz, *common])
-        r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *common])
+        r["step_1"] = run_case("step_ours", [gz, *ours])
+        r["step_2"] = run_case("step_ours", [gz, "--virtual_cpu_devices=2", *ours])
         r["loss"] = run_case("loss", [])
+        r["levers"] = run_case("tower_levers", [gz, f"--lever_batch={a.lever_batch}",
+                                                f"--lever_dim={a.lever_dim}"])
     if "eval" in sections:
         r["eval"] = run_case("eval", [gz])
     load.append(os.getloadavg()[0])
@@ -349,14 +404,16 @@ def main(argv=None) -> int:
             print(f"| {name} | {x['examples']:,} | {x['seconds']:.1f} | {rate:,.0f} | {vs} |")
     if "step" in sections:
         base = BATCH / r["tutorial"]["step"]["step_s"]
-        print("\n| training step, batch 12800, dim 32 | replicas | median s/step (min..max) "
+        print(f"\n| training step, batch 12800, dim 32 (ours: {a.dtype_policy}) | replicas "
+              "| median s/step (min..max) "
               "| examples/s | vs tutorial | process peak RSS MB |")
         print("|---|---:|---:|---:|---|---:|")
         for name, x, reps, goal in [
             ("tutorial: model.fit on its cached batches", r["tutorial"], 1, False),
             ("ours: trainer.train step + trainer.data (GZIP), default strategy", r["step_1"], 1,
              True),
-            ("ours: same, MirroredStrategy on 2 virtual CPUs", r["step_2"], 2, True),
+            ("ours: same, MirroredStrategy on all local devices (GPUs, else 2 virtual CPUs)",
+             r["step_2"], r["step_2"]["replicas"], True),
         ]:
             s = x["step"]
             rate = BATCH / s["step_s"]
@@ -368,6 +425,12 @@ def main(argv=None) -> int:
         for x in r["loss"]["loss"]:
             print(f"  batch {x['batch']:,}, dim {x['dim']}: {x['plain'] * 1000:.0f} ms vs "
                   f"{x['blocked'] * 1000:.0f} ms ({x['plain'] / x['blocked']:.2f}x)")
+        lv = r["levers"]
+        base_ms = lv["ms"]["loop, float32"]
+        print(f"\nlevers: towers + loss forward and backward, batch {lv['batch']:,}, "
+              f"dim {lv['dim']} (the GRU dominates at this width):")
+        for name, ms in lv["ms"].items():
+            print(f"  GRU {name}: {ms:.0f} ms ({base_ms / ms:.2f}x)")
     if "eval" in sections:
         e = r["eval"]
         print(f"\n| evaluation: {e['queries']:,} test queries x {e['candidates']:,} candidates, "

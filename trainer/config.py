@@ -19,6 +19,9 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 #   (all_gather), so the loss and gradients equal one device's on that batch.
 # per_replica: TFRS's own behaviour under MirroredStrategy (local batch only).
 NEGATIVES = ("global", "per_replica")
+# Keras dtype policies: float32 everywhere, or float32 variables with 16-bit
+# arithmetic (bfloat16: no loss scaling needed; float16: loss-scaled).
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 CONFIG_FILE = "config.json"
 
@@ -27,11 +30,14 @@ CONFIG_FILE = "config.json"
 # is the flag that sets it, for error messages.
 SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer",
                 "gru_units": "--gru_units", "gru_layers": "--gru_layers",
-                "share_embeddings": "--share_embeddings", "last_movies": "--last_movies"}
+                "share_embeddings": "--share_embeddings", "last_movies": "--last_movies",
+                # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other
+                # checkpoint keys); any change is refused rather than half-restored.
+                "dtype_policy": "--dtype_policy"}
 # The value a shape field had in runs saved before the field existed (their
 # config.json lacks it), so resuming such a run is checked too.
 SHAPE_FIELDS_BEFORE = {"gru_units": 0, "gru_layers": 1, "share_embeddings": False,
-                       "last_movies": 0}
+                       "last_movies": 0, "dtype_policy": "float32"}
 
 
 class ConfigError(ValueError):
@@ -116,6 +122,8 @@ class TrainConfig:
       remove_accidental_hits: the label's movie appearing elsewhere in the
         batch is not a negative for that query.
       optimizer: one of OPTIMIZERS.
+      dtype_policy: one of DTYPE_POLICIES, for the towers' layers (variables
+        stay float32; scores, loss and evaluation are float32 either way).
       lr_schedule: one of LR_SCHEDULES: after the warmup, keep the rate, or
         decay it to 0 at the last step (cosine or linear).
       warmup_fraction: fraction of all steps with a linear warmup from 0.
@@ -154,6 +162,7 @@ class TrainConfig:
     uniform_negatives: int = 0
     popularity_prior: float = 1.0
     optimizer: str = "adam"
+    dtype_policy: str = "float32"
     lr_schedule: str = "cosine"
     warmup_fraction: float = 0.05
     strategy: str = "auto"
@@ -191,6 +200,8 @@ class TrainConfig:
              "uniform_negatives", "cannot be combined with --logq_correction or "
              "--remove_accidental_hits")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
+        need(self.dtype_policy in DTYPE_POLICIES, "dtype_policy",
+             f"must be one of {DTYPE_POLICIES}")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
         need(0 <= self.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")

@@ -28,7 +28,15 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    from trainer.config import LR_SCHEDULES, NEGATIVES, OPTIMIZERS, PRESETS, STRATEGIES, TrainConfig
+    from trainer.config import (
+        DTYPE_POLICIES,
+        LR_SCHEDULES,
+        NEGATIVES,
+        OPTIMIZERS,
+        PRESETS,
+        STRATEGIES,
+        TrainConfig,
+    )
 
     d = TrainConfig(data_dir="-", model_dir="-")
     flags.DEFINE_string("data_dir", None, "Beam job output (local path or gs://).")
@@ -70,6 +78,9 @@ def _define_flags() -> None:
                          "seeded RNG, which a checkpoint does not hold: a resumed run draws "
                          "other negatives than an uninterrupted one.")
     flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
+    flags.DEFINE_enum("dtype_policy", d.dtype_policy, DTYPE_POLICIES,
+                      "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
+                      "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).")
     flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES,
                       "Learning-rate decay after the warmup.")
     flags.DEFINE_float("warmup_fraction", d.warmup_fraction,
@@ -129,11 +140,16 @@ def make_optimizer(cfg, total_steps: int = 0):
         # the initial accumulator acc0 (0.1 by default), which would then
         # dominate and shrink the steps ~B-fold (the loss did not move at all).
         # acc0 = 0.1 / B^2 gives exactly the tutorial's steps for the mean loss.
-        return tf.keras.optimizers.Adagrad(
+        optimizer = tf.keras.optimizers.Adagrad(
             learning_rate=lr,
             initial_accumulator_value=0.1 / cfg.global_batch_size**2)
-    cls = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
-    return cls(learning_rate=lr)
+    else:
+        cls = {"adam": tf.keras.optimizers.Adam, "sgd": tf.keras.optimizers.SGD}[cfg.optimizer]
+        optimizer = cls(learning_rate=lr)
+    if cfg.dtype_policy == "mixed_float16":
+        # float16 gradients underflow without it; bfloat16 has float32's range.
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def build(info, cfg, strategy):
@@ -152,6 +168,7 @@ def build(info, cfg, strategy):
             gru_layers=cfg.gru_layers, dropout=cfg.dropout, mask_padding=cfg.mask_padding,
             share_embeddings=cfg.share_embeddings, normalize=cfg.normalize,
             last_movies=cfg.last_movies,
+            dtype_policy=cfg.dtype_policy,
             log_prior=(model_lib.popularity_log_prior(
                 info.counts, cfg.popularity_prior * cfg.temperature)
                 if cfg.popularity_prior else None))
@@ -180,11 +197,17 @@ def make_replica_step(model, optimizer):
     """
     import tensorflow as tf
 
+    loss_scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
     def replica_step(features):
         with tf.GradientTape() as tape:
             scaled, mean = model.compute_losses(features, training=True)
+            if loss_scaled:
+                scaled = optimizer.get_scaled_loss(scaled)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
+        if loss_scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return mean
 
