@@ -69,16 +69,17 @@ class TrainConfig:
     0.477..0.480 on that model). The tower is then made cheap: a 64-unit
     GRU (the GRU dominates the step: ~30 u (e + u) MACs per example) with
     a skip connection from the last 2 context movies' embeddings to the
-    128-d output (last_movies=2: a 64-unit state alone would cap the query
-    at rank 64; +0.005 over none at 96-d). These defaults scored 0.4773 and
+    output (last_movies=2: a 64-unit state alone would cap the query
+    at rank 64; +0.005 over none at 96-d). At 128-d, 64 units: 0.4773 and
     0.4793 (seeds 42, 1); batch 1024 0.4798/0.4801 but ~15% slower steps;
-    48 GRU units 0.4757, 96-d 0.4752. Their steps (fwd + bwd + Adam, all
-    built in one process and timed interleaved) ran at 41k examples/s
-    against 36k for 96-d/batch 2048, 17k for the 192-d defaults before
-    them and 46k for the tutorial setup (after the blocked softmax loss):
-    the quality half of the goal is met with margin (1.32-1.33x), the time half
-    was still ~10% short in that step measurement (the clean timed run of
-    bench/quality.py decides).
+    48 GRU units 0.4757, 96-d 0.4752. Timed bench/quality.py calls
+    (16:00-16:08 UTC, after the blocked softmax loss and the unrolled CPU
+    GRU), each with its own tutorial row: 128-d/64 units 80 s vs 67 s;
+    96-d 72 s, 48 units 71 s, 96-d/48 units 63 s (top-10 0.4738) vs 68 s;
+    96-d/48 units again 71 s vs 70 s; 96-d/32 units 58 s vs 68 s at top-10
+    0.4732. So the defaults are 96-d with a 32-unit GRU: the quality of the
+    wider towers within noise, in ~0.85x the tutorial setup's time (the
+    clean table run is in bench/README_quality.md).
     Tried and left off by default: logq_correction 0.5 (the same
     correction applied in training: 0.4760), 512 uniform_negatives (0.4735
     alone, 0.4765 with the prior), normalize + temperature 0.1 (0.4707
@@ -147,8 +148,8 @@ class TrainConfig:
     epochs: int = 3
     global_batch_size: int = 2048
     learning_rate: float = 0.01
-    embedding_dim: int = 128
-    gru_units: int = 64
+    embedding_dim: int = 96
+    gru_units: int = 32
     gru_layers: int = 1
     dropout: float = 0.0
     share_embeddings: bool = False

@@ -12,9 +12,11 @@ at all, and, because the loss is only ever differentiated once:
 
 can be computed a block of rows at a time, in the forward pass, keeping only
 the two [., d] gradients. Each block's scores stay in cache, so the [b, c]
-matrix is never written to memory (nor kept for the backward pass): on the
-2-core CPU at b = c = 12800, d = 32 one loss + gradient takes 166 ms against
-366 ms for matmul + sparse_softmax_cross_entropy_with_logits (bench/README_train.md),
+matrix is never written to memory (nor kept for the backward pass), and each
+block's [r, c] scores are passed over as few times as possible (1/z and the
+one-hot labels act on the [r, d] side of the products): on the 2-core CPU at
+b = c = 12800, d = 32 one loss + gradient took 188-192 ms against 356-364 ms
+for matmul + sparse_softmax_cross_entropy_with_logits (bench/README_train.md),
 and its working memory is O(b d) instead of O(b c).
 `reference_in_batch_softmax_loss` is the plain version the tests compare with.
 """
@@ -25,7 +27,8 @@ import tensorflow_recommenders as tfrs
 
 # Rows per block = this many score elements / c. 1.5M floats (6 MB) keeps a
 # block of scores in the last-level cache on CPU: at c = 12800 blocks of 64,
-# 96, 128, 192, 256 rows measured 205, 178, 166, 187, 241 ms. On a GPU the
+# 96, 128, 192, 256 rows measured 205, 178, 166, 187, 241 ms (one quiet
+# moment, an earlier version of the block body; the optimum, not the level). On a GPU the
 # cost is kernel launches per block, not cache, so blocks are far larger
 # there (not measured: no GPU was available when this was written).
 CPU_BLOCK_ELEMENTS = 1_500_000
@@ -89,14 +92,19 @@ def in_batch_softmax_loss(
             # Stable softmax with one exp: P = e / z, logsumexp = m + log z.
             m = tf.reduce_max(s, axis=1, keepdims=True)
             e = tf.exp(s - m)
-            z = tf.reduce_sum(e, axis=1, keepdims=True)
+            z = tf.reduce_sum(e, axis=1, keepdims=True)  # [r, 1]
             rows = tf.range(end - start)
             diagonal = tf.stack([rows, rows + start], axis=1)  # [r, 2]: (row, its label column)
             positive = tf.gather_nd(s, diagonal)
             total += tf.reduce_sum(m[:, 0] + tf.math.log(z[:, 0]) - positive)
-            p_minus_y = tf.tensor_scatter_nd_sub(e / z, diagonal, tf.ones_like(positive))
-            grad_q = grad_q.write(i, tf.linalg.matmul(p_minus_y, c))
-            grad_c += tf.linalg.matmul(p_minus_y, q_i, transpose_a=True)
+            # (P - Y) c and (P - Y)^T q_i without touching [r, c] again: 1/z
+            # scales the [r, d] side of each product, and Y (ones at (row,
+            # start + row)) only selects rows: Y c = c[start:end] here, and
+            # Y^T q_i adds q_i to grad_c's rows start:end (all of them once
+            # the loop is done, subtracted after it).
+            inv_z = 1.0 / z
+            grad_q = grad_q.write(i, tf.linalg.matmul(e, c) * inv_z - c[start:end])
+            grad_c += tf.linalg.matmul(e, q_i * inv_z, transpose_a=True)
             return i + 1, total, grad_q, grad_c
 
         _, total, grad_q, grad_c = tf.while_loop(
@@ -106,6 +114,8 @@ def in_batch_softmax_loss(
                             element_shape=tf.TensorShape([None, q.shape[-1]])),
              tf.zeros_like(c)))
         grad_q = tf.reshape(grad_q.concat(), tf.shape(q))
+        # The -Y^T q part: label column of query row i is candidate row i.
+        grad_c -= tf.pad(q, [[0, cols - b], [0, 0]])
 
         def grad(upstream):  # the 1/t of ds/dq and ds/dc folded in once, here
             return upstream * scale * grad_q, upstream * scale * grad_c
