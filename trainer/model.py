@@ -124,7 +124,8 @@ def build_towers(
         table = tf.keras.layers.Embedding(
             lookup.vocabulary_size(), embedding_dim, name="movie_embedding", dtype=dtype)
         x = table(rows)
-        mask = tf.keras.layers.Lambda(lambda r: tf.not_equal(r, 0), name="pad_mask")(rows)
+        mask = (tf.keras.layers.Lambda(lambda r: tf.not_equal(r, 0), name="pad_mask")(rows)
+                if mask_padding else None)
     else:
         # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
         # final state is the state after the last real movie (contexts are
@@ -134,9 +135,7 @@ def build_towers(
         x = tf.keras.layers.Embedding(
             lookup.vocabulary_size(), embedding_dim, mask_zero=mask_padding, name="query_embedding",
             dtype=dtype)(rows)
-        mask = None
-    if not mask_padding:
-        mask = None
+        mask = None  # mask_zero carries it
     embedded = x
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="query_embedding_dropout", dtype=dtype)(x)
@@ -323,9 +322,11 @@ class SequentialRetrievalModel(tfrs.Model):
           movie_ids, sampling_probability: [V] each, aligned; when given, each
             in-batch candidate's logit is corrected by -log(probability)
             (see sampling_probabilities).
-          sparse_loss: compute the same loss with integer labels
-            (trainer/losses.py) instead of TFRS's dense [b, c] one-hot labels,
-            ~5x less peak memory at batch 12800; False (or
+          sparse_loss: compute the same loss without labels or the [b, c]
+            score matrix (trainer/losses.py, blocked) instead of TFRS's dense
+            [b, c] one-hot labels: a training process at batch 12800 on 1M
+            ratings peaked at 942 MB vs 7,070 MB with them (bench.scale,
+            bench/README_train.md); False (or
             remove_accidental_hits) uses tfrs.tasks.Retrieval itself.
           uniform_negatives: N > 0: each step also scores every query against
             N movies drawn uniformly from movie_ids (mixed negative sampling,
