@@ -7,8 +7,6 @@ PY := $(VENV)/bin/python
 OUT ?= out/sample
 # A viewing history from the sample: user 1's first ten movies, oldest first.
 HISTORY ?= 273,290,403,164,339,396,282,26,66,285
-export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: venv run test lint bench clean
 

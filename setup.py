@@ -5,14 +5,17 @@ transform the pipeline references is importable there (no save_main_session).
 """
 import setuptools
 
-# Pins follow ../shared/DESIGN.md: tf-keras 2.21 requires tensorflow 2.21 exactly;
-# Beam pins pyarrow<26; Beam's TFRecord sink needs a crc32c implementation.
+# Pins (docs/design.md): tf-keras 2.21 requires tensorflow 2.21 exactly; Beam pins
+# pyarrow<26; Beam's TFRecord sink needs a crc32c implementation.
 BEAM = ["apache-beam>=2.77,<2.78", "pyarrow>=14,<26", "google-crc32c>=1.5", "numpy>=1.26"]
 TF = [
     "tensorflow>=2.21,<2.22",
     "tf-keras>=2.21,<2.22",
     "tensorflow-recommenders==0.7.7",
 ]
+# TensorFlow 2.21 no longer depends on it: the trainer's hparams summary and
+# `tensorboard --logdir MODEL_DIR` need it.
+TENSORBOARD = ["tensorboard>=2.20"]
 
 setuptools.setup(
     name="seqrec",
@@ -23,13 +26,22 @@ setuptools.setup(
     # The base install is what Dataflow workers need (the Beam job never imports
     # TensorFlow): pip-installing TF (1.9 GB installed, measured) on every worker start is waste.
     install_requires=BEAM + ["absl-py>=2.0"],
+    entry_points={
+        "console_scripts": [
+            "seqrec-prep = beam_jobs.pipeline:main",
+            "seqrec-synthetic = beam_jobs.synthetic:main",
+            "seqrec-train = trainer.train:main",
+            "seqrec-recommend = trainer.recommend:main",
+        ],
+    },
     extras_require={
         # The trainer (and the tests, which read shards back with tf.data).
-        "trainer": TF,
+        "trainer": TF + TENSORBOARD,
+        "tensorboard": TENSORBOARD,
         # Beam's GCS IO + Dataflow runner, and the trainer's bucket preflight.
         "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-storage>=2.14"],
         # CUDA wheels for the trainer on GPU hosts.
-        "gpu": TF + ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "gpu": TF + TENSORBOARD + ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",

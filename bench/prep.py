@@ -85,7 +85,7 @@ def _children_cpu() -> float:
 def measure(argv: list[str], log_path: str) -> tuple[float, int, float]:
     """Runs argv; returns (wall s, peak tree RSS bytes, CPU s of it and the descendants it
     waited for). Raises on failure."""
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3",
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     peak = [0]
     cpu = _children_cpu()

@@ -62,7 +62,7 @@ def run_row(data_dir: str, flags: list[str], work: str) -> dict:
     cmd = [sys.executable, "-m", "trainer.train", f"--data_dir={data_dir}",
            f"--model_dir={model_dir}", "--noeval_every_epoch", "--noexport",
            "--checkpoint_every_steps=0", *flags]
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=src)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=src)
     t = time.time()
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
     wall = time.time() - t

@@ -37,7 +37,6 @@ SCALES = {
 def train_steps(data_dir: str, steps: int, batch: int, dim: int, out: str) -> None:
     """Child process: `steps` steps (0: one epoch) of trainer.train's step; writes JSON to out."""
     t_start = time.perf_counter()
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     from trainer import data, distribute, train
     from trainer.config import TrainConfig
 

@@ -46,8 +46,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
 
 BATCH, DIM = 12800, 32
 GOALS = {"input": 5.0, "step": 1.5, "eval": 5.0}

@@ -51,9 +51,10 @@ class CheckpointSaveError(ModelDirError):
 STALE_PATTERNS = ("*_temp", "*_temp/*", "*.tempstate*", "checkpoint.tmp*")
 
 
-def probe_writable(model_dir: str) -> None:
-    """Creates model_dir and writes/deletes a probe file, so an unwritable
-    model_dir fails now rather than after the first hour of training."""
+def probe_writable(model_dir: str, flag: str = "model_dir") -> None:
+    """Creates the directory and writes/deletes a probe file, so an unwritable
+    output fails now rather than after the first hour of training. The error
+    names `--flag`."""
     probe = schema.join(model_dir, f".write_probe_{os.getpid()}")
     try:
         tf.io.gfile.makedirs(model_dir)
@@ -62,25 +63,28 @@ def probe_writable(model_dir: str) -> None:
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
         msg = getattr(e, "message", None) or str(e)
-        raise ModelDirError(f"--model_dir={model_dir}: not writable ({msg.splitlines()[0]})") from None
+        raise ModelDirError(f"--{flag}={model_dir}: not writable ({msg.splitlines()[0]})") from None
 
 
 def checkpoint_dir(model_dir: str) -> str:
+    """The default checkpoint directory of a model_dir (see --checkpoint_dir)."""
     return schema.join(model_dir, CHECKPOINT_SUBDIR)
 
 
-def latest(model_dir: str) -> str | None:
-    return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+def latest(directory: str) -> str | None:
+    """The newest complete checkpoint in a checkpoint directory, or None."""
+    return tf.train.latest_checkpoint(directory)
 
 
-def check_compatible(model_dir: str, cfg: config_lib.TrainConfig) -> None:
-    """Refuses a model_dir whose checkpoint was written with another model shape.
+def check_compatible(cfg: config_lib.TrainConfig) -> None:
+    """Refuses a run whose checkpoint was written with another model shape.
 
     Compares the saved config.json with this run, naming the flag, before any
     variable is built. (A different vocabulary, i.e. another --data_dir, is
     caught at restore; see `restore`.)
     """
-    if latest(model_dir) is None:
+    model_dir = cfg.model_dir
+    if latest(cfg.checkpoints_uri) is None:
         return
     path = schema.join(model_dir, config_lib.CONFIG_FILE)
     if not tf.io.gfile.exists(path):
@@ -96,16 +100,17 @@ def check_compatible(model_dir: str, cfg: config_lib.TrainConfig) -> None:
         )
 
 
-def restore(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
-    """Restores the latest checkpoint of model_dir into already-built variables.
+def restore(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+    """Restores the latest checkpoint of a checkpoint directory into already-built
+    variables.
 
     Returns:
-      the checkpoint path, or None if model_dir has none.
+      the checkpoint path, or None if the directory has none.
     Raises:
       ModelDirError when the checkpoint does not fit the model (e.g. a
       vocabulary of another size: another --data_dir).
     """
-    path = latest(model_dir)
+    path = latest(directory)
     if path is None:
         return None
     try:
@@ -113,9 +118,9 @@ def restore(checkpoint: tf.train.Checkpoint, model_dir: str) -> str | None:
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         first = (getattr(e, "message", None) or str(e)).splitlines()[0]
         raise ModelDirError(
-            f"--model_dir={model_dir}: checkpoint {path} does not fit this model ({first}). "
+            f"checkpoint {path} does not fit this model ({first}). "
             "Was it trained with another --data_dir (vocabulary), --embedding_dim or "
-            "--optimizer? Use the same flags to resume, or another --model_dir."
+            "--optimizer? Use the same flags to resume, or another --model_dir / --checkpoint_dir."
         ) from None
     return path
 
@@ -144,11 +149,10 @@ class Writer:
     The chief first deletes leftovers of interrupted saves (`remove_stale_temp`).
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, is_chief: bool,
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, is_chief: bool,
                  keep: int):
         self._tmp = None
         if is_chief:
-            directory = checkpoint_dir(model_dir)
             if tf.io.gfile.isdir(directory):
                 removed = remove_stale_temp(directory)
                 if removed:

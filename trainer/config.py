@@ -1,16 +1,27 @@
 """Typed configuration of a training run, saved as model_dir/config.json.
 
-Flags are parsed only in the entry point (trainer/train.py); everything below it
-receives a `TrainConfig`. Vocabulary and data sizes are NOT configuration: they
-come from data_dir (vocab.tsv, metadata.json), so a run cannot disagree with its
-data.
+Every option is declared ONCE, as a `TrainConfig` field made with `option(...)`:
+its name, type, default, help text and validation. The absl flags
+(`define_flags`), the validation errors that name flags, config.json (round
+trip) and the launchers' local checks of trainer flags (infra/) all derive from
+that declaration. Flags are parsed only at entry points (`config_from_flags`);
+everything below receives a `TrainConfig`. Vocabulary and data sizes are NOT
+configuration: they come from data_dir (vocab.tsv, metadata.json), so a run
+cannot disagree with its data.
+
+This module needs only the standard library and absl (never TensorFlow): the
+launchers import it on machines without TensorFlow.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+import os
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from absl import flags, logging
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
@@ -25,192 +36,154 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 CONFIG_FILE = "config.json"
 
-# Fields that fix the shape of the model's variables (or of the optimizer's
-# slots): a checkpoint written with other values cannot be restored. The value
-# is the flag that sets it, for error messages.
-SHAPE_FIELDS = {"embedding_dim": "--embedding_dim", "optimizer": "--optimizer",
-                "gru_units": "--gru_units", "gru_layers": "--gru_layers",
-                "share_embeddings": "--share_embeddings", "last_movies": "--last_movies",
-                # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other
-                # checkpoint keys); any change is refused rather than half-restored.
-                "dtype_policy": "--dtype_policy"}
-# The value a shape field had in runs saved before the field existed (their
-# config.json lacks it), so resuming such a run is checked too.
-SHAPE_FIELDS_BEFORE = {"gru_units": 0, "gru_layers": 1, "share_embeddings": False,
-                       "last_movies": 0, "dtype_policy": "float32"}
+# Vertex AI custom training sets these (from the job's baseOutputDirectory); the
+# trainer uses them where the matching flag is not given (see config_from_flags).
+AIP_MODEL_DIR = "AIP_MODEL_DIR"
+AIP_CHECKPOINT_DIR = "AIP_CHECKPOINT_DIR"
+AIP_TENSORBOARD_LOG_DIR = "AIP_TENSORBOARD_LOG_DIR"
 
 
 class ConfigError(ValueError):
     """Flag values that cannot work (the message names the flag)."""
 
 
+# --- Declaring an option ----------------------------------------------------
+# A check is (predicate, what the value must be); the error reads
+# "--NAME must be >= 1, got 0".
+Check = tuple[Callable[[Any], bool], str]
+
+
+def at_least(n: float) -> Check:
+    return (lambda v: v >= n), f"must be >= {n}"
+
+
+def positive() -> Check:
+    return (lambda v: v > 0), "must be > 0"
+
+
+def fraction_below_one() -> Check:
+    return (lambda v: 0 <= v < 1), "must be in [0, 1)"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
+           choices: tuple[str, ...] | None = None, check: Check | None = None,
+           shape: bool = False, before: Any = dataclasses.MISSING) -> Any:
+    """A TrainConfig field: the one place an option is declared.
+
+    Args:
+      default: the default (none: the option is required).
+      help: the flag's help text.
+      choices: allowed values of a string option (an enum flag).
+      check: (predicate, requirement) validated on every TrainConfig.
+      shape: the value fixes the shape of the model's variables or optimizer
+        slots: a checkpoint written with another value cannot be restored.
+      before: for shape options added after runs were saved: the value those
+        runs had (their config.json lacks the key), so resuming them is checked.
+    """
+    if choices is not None:
+        check = (lambda v: v in choices), f"must be one of {choices}"
+    meta = {"help": help, "choices": choices, "check": check, "shape": shape, "before": before}
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Defaults: chosen by bench/quality.py (see TUTORIAL for the tutorial's).
+    """One training run. Field defaults are the trainer's defaults, chosen with
+    bench/quality.py (bench/README_quality.md has how and the numbers);
+    `TUTORIAL` holds the TFRS tutorial's values. Each field's help text is its
+    contract; `define_flags` turns every field into a flag of the same name."""
 
-    Why these defaults (bench/README_quality.md has the numbers; ML-1M-scale
-    synthetic data, leave-last-out split, 3 epochs for every row, top-10 on
-    the test split, +-0.006 noise at 6,040 queries): the goal is 1.3x the
-    tutorial setup's top-10 (0.360) in no more training time. Pad masked,
-    Adam 0.01 with a 5% warmup and cosine decay, global negatives (the
-    result does not depend on the replica count). The round of 2026-11-28
-    (helper h7) found that width was the wrong lever: 96/128/192-d models
-    reached 0.456/0.463/0.4685, and at 192-d (2x the 96-d step cost) every
-    other change (temperature 0.5, batch 512, lr 0.02, tied embeddings,
-    256-d) stayed at 0.467-0.470. What the models got wrong was popularity:
-    in-batch negatives are other examples' labels, drawn in proportion to
-    their popularity q, so the softmax learns log p(y|x) - log q(y) and
-    demotes popular movies (their top-10s held movies with 2/3 the train
-    count of a count-based next-movie model's, which scored 0.49).
-    popularity_prior=1 adds log q back at inference only (evaluation,
-    export): top-10 +0.013 on the same weights (0.4666 -> 0.4798: 128-d,
-    64-unit GRU, last_movies=2, batch 1024),
-    no training cost, and 1 is the theoretical weight (0.5..1.2 measured
-    0.477..0.480 on that model). The tower is then made cheap: a 64-unit
-    GRU (the GRU dominates the step: ~30 u (e + u) MACs per example) with
-    a skip connection from the last 2 context movies' embeddings to the
-    output (last_movies=2: a 64-unit state alone would cap the query
-    at rank 64; +0.005 over none at 96-d). At 128-d, 64 units: 0.4773 and
-    0.4793 (seeds 42, 1); batch 1024 0.4798/0.4801 but ~15% slower steps;
-    48 GRU units 0.4757, 96-d 0.4752. Timed bench/quality.py calls
-    (16:00-16:08 UTC, after the blocked softmax loss and the unrolled CPU
-    GRU), each with its own tutorial row: 128-d/64 units 80 s vs 67 s;
-    96-d 72 s, 48 units 71 s, 96-d/48 units 63 s (top-10 0.4738) vs 68 s;
-    96-d/48 units again 71 s vs 70 s; 96-d/32 units 58 s vs 68 s at top-10
-    0.4732. So the defaults are 96-d with a 32-unit GRU: the quality of the
-    wider towers within noise, in ~0.85x the tutorial setup's time (the
-    clean table run is in bench/README_quality.md).
-    Tried and left off by default: logq_correction 0.5 (the same
-    correction applied in training: 0.4760), 512 uniform_negatives (0.4735
-    alone, 0.4765 with the prior), normalize + temperature 0.1 (0.4707
-    alone, 0.4747 with the prior), share_embeddings (no gain: 0.4672 vs
-    0.4695 at 192-d), dropout (known not to help in 3 epochs), removing
-    accidental hits (no change).
-
-    Attributes:
-      data_dir: URI of a finished Beam job output (see beam_jobs/schema.py).
-      model_dir: URI for checkpoints, summaries, config.json, metrics.json, export/.
-      epochs: total epochs; a resumed run trains only what is left.
-      global_batch_size: examples per step over all replicas (per replica =
-        global / replicas).
-      learning_rate: optimizer learning rate.
-      embedding_dim: d, the width of the movie embeddings and of the query
-        tower's output.
-      gru_units: width of each GRU layer (0: embedding_dim). Other than d, a
-        linear projection maps the last layer's state to d.
-      gru_layers: stacked GRU layers in the query tower.
-      dropout: dropout rate on the query tower's embeddings and GRU outputs
-        (training only).
-      share_embeddings: one embedding table for the context movies and the
-        candidates (weight tying) instead of two.
-      normalize: L2-normalise both towers' outputs (scores are cosines).
-      last_movies: K > 0: the query output is a linear map of [GRU state,
-        embeddings of the last K context movies] (a skip connection past the
-        GRU; 0: off).
-      mask_padding: mask the pad id so the GRU skips padded steps. False
-        embeds the pad as a movie, like the TFRS tutorial.
-      temperature: the in-batch softmax divides scores by this (1: none).
-      negatives: one of NEGATIVES (see there).
-      logq_correction: weight a of the sampling-bias correction: each in-batch
-        candidate's logit is lowered by a * log(q), q = its share of the train
-        labels (0: off, 1: the full logQ correction).
-      uniform_negatives: N > 0: every step also scores each query against N
-        movies drawn uniformly from the vocabulary (mixed negative sampling).
-      popularity_prior: weight b of a popularity prior added to every score at
-        inference only (evaluation, export): b * log q, q = the movie's smoothed
-        share of the train labels (0: off; 1: undoes the in-batch softmax's
-        demotion of popular movies, see model.popularity_log_prior).
-      remove_accidental_hits: the label's movie appearing elsewhere in the
-        batch is not a negative for that query.
-      optimizer: one of OPTIMIZERS.
-      dtype_policy: one of DTYPE_POLICIES, for the towers' layers (variables
-        stay float32; scores, loss and evaluation are float32 either way).
-      lr_schedule: one of LR_SCHEDULES: after the warmup, keep the rate, or
-        decay it to 0 at the last step (cosine or linear).
-      warmup_fraction: fraction of all steps with a linear warmup from 0.
-      strategy: one of STRATEGIES.
-      virtual_cpu_devices: split the host CPU into this many logical devices
-        before TF starts (0: leave it alone).
-      checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
-      keep_checkpoints: how many checkpoints CheckpointManager keeps.
-      seed: seeds weights init and the per-epoch shuffle.
-      shuffle_buffer: examples in the shuffle buffer per input pipeline.
-      eval_batch_size: batch size of the (single-device) evaluation pass.
-      eval_every_epoch: evaluate on the test split after every epoch, not only
-        at the end.
-      eval_exclude_context: evaluation does not rank the movies of a query's
-        own context (the label itself always stays a candidate).
-      export: write the SavedModel to model_dir/export/ at the end.
-    """
-
-    data_dir: str
-    model_dir: str
-    epochs: int = 3
-    global_batch_size: int = 2048
-    learning_rate: float = 0.01
-    embedding_dim: int = 96
-    gru_units: int = 32
-    gru_layers: int = 1
-    dropout: float = 0.0
-    share_embeddings: bool = False
-    normalize: bool = False
-    last_movies: int = 2
-    mask_padding: bool = True
-    temperature: float = 1.0
-    negatives: str = "global"
-    logq_correction: float = 0.0
-    remove_accidental_hits: bool = False
-    uniform_negatives: int = 0
-    popularity_prior: float = 1.0
-    optimizer: str = "adam"
-    dtype_policy: str = "float32"
-    lr_schedule: str = "cosine"
-    warmup_fraction: float = 0.05
-    strategy: str = "auto"
-    virtual_cpu_devices: int = 0
-    checkpoint_every_steps: int = 100
-    keep_checkpoints: int = 3
-    seed: int = 42
-    shuffle_buffer: int = 10_000
-    eval_batch_size: int = 2048
-    eval_every_epoch: bool = True
-    eval_exclude_context: bool = False
-    export: bool = True
+    data_dir: str = option(help="Beam job output (local path or gs://).")
+    model_dir: str = option(
+        help="Where config.json, metrics.json and (unless the *_dir flags below say "
+        "otherwise) checkpoints/, TensorBoard events and export/ go. Default on Vertex AI: "
+        f"the parent of ${AIP_MODEL_DIR} (the job's baseOutputDirectory).")
+    epochs: int = option(3, "Total epochs (a resumed run trains what is left).",
+                         check=at_least(1))
+    global_batch_size: int = option(2048, "Examples per step, all replicas (per replica: "
+                                    "global / replicas).", check=at_least(1))
+    learning_rate: float = option(
+        0.01, "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a rate "
+        "~batch times the tutorial's summed-loss rate).", check=positive())
+    embedding_dim: int = option(96, "Embedding width (query output).", check=at_least(1),
+                                shape=True)
+    gru_units: int = option(
+        32, "GRU width (0: --embedding_dim); other than the embedding width, a linear map "
+        "projects the last GRU state to it.", check=at_least(0), shape=True, before=0)
+    gru_layers: int = option(1, "Stacked GRU layers.", check=at_least(1), shape=True, before=1)
+    dropout: float = option(0.0, "Dropout in the query tower (training only).",
+                            check=fraction_below_one())
+    share_embeddings: bool = option(
+        False, "One embedding table for context movies and candidates (weight tying).",
+        shape=True, before=False)
+    normalize: bool = option(
+        False, "L2-normalise both towers' outputs (cosine scores; use a low temperature).")
+    last_movies: int = option(
+        2, "The query output also sees the last K context movies' embeddings directly "
+        "(a skip past the GRU; 0: off).", check=at_least(0), shape=True, before=0)
+    mask_padding: bool = option(
+        True, "Mask padded context steps (--nomask_padding: like the tutorial).")
+    temperature: float = option(1.0, "Softmax temperature (scores / T).", check=positive())
+    negatives: str = option(
+        "global", "In-batch negatives from the global batch (all replicas) or per replica.",
+        choices=NEGATIVES)
+    logq_correction: float = option(
+        0.0, "Weight of the sampling-bias correction -w*log(q) (0: off, 1: full).",
+        check=at_least(0))
+    remove_accidental_hits: bool = option(
+        False, "The label's movie elsewhere in the batch is not a negative.")
+    uniform_negatives: int = option(
+        0, "Also score each query against N movies drawn uniformly per step (mixed negative "
+        "sampling; 0: in-batch negatives only). Drawn by TF's seeded RNG, which a checkpoint "
+        "does not hold: a resumed run draws other negatives than an uninterrupted one.",
+        check=at_least(0))
+    popularity_prior: float = option(
+        1.0, "Weight b of b * log(label share) added to every score at inference "
+        "(evaluation, export); 0: off.", check=at_least(0))
+    optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS, shape=True)
+    dtype_policy: str = option(
+        "float32", "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
+        "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).",
+        # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other checkpoint
+        # keys): any change is refused rather than half-restored.
+        choices=DTYPE_POLICIES, shape=True, before="float32")
+    lr_schedule: str = option("cosine", "Learning-rate decay after the warmup.",
+                              choices=LR_SCHEDULES)
+    warmup_fraction: float = option(0.05, "Fraction of all steps with a linear warmup.",
+                                    check=fraction_below_one())
+    strategy: str = option("auto", "Distribution strategy.", choices=STRATEGIES)
+    virtual_cpu_devices: int = option(
+        0, "Split the CPU into N logical devices (replicas) before TF starts.",
+        check=at_least(0))
+    checkpoint_every_steps: int = option(
+        100, "Checkpoint every N steps as well as at each epoch end (0: epochs only).",
+        check=at_least(0))
+    keep_checkpoints: int = option(3, "Checkpoints to keep.", check=at_least(1))
+    seed: int = option(42, "Seed of weight init and per-epoch shuffles.")
+    shuffle_buffer: int = option(10_000, "Shuffle buffer (examples).", check=at_least(1))
+    eval_batch_size: int = option(2048, "Evaluation batch size.", check=at_least(1))
+    eval_every_epoch: bool = option(True, "Evaluate after every epoch.")
+    eval_exclude_context: bool = option(
+        False, "Evaluation does not rank the movies of the query's own context.")
+    export: bool = option(True, "Export a SavedModel at the end (see --export_dir).")
+    checkpoint_dir: str = option(
+        "", f"Checkpoints (default: ${AIP_CHECKPOINT_DIR} if set, else MODEL_DIR/checkpoints).")
+    tensorboard_dir: str = option(
+        "", f"TensorBoard events, in train/ and eval/ beneath it (default: "
+        f"${AIP_TENSORBOARD_LOG_DIR} if set, else MODEL_DIR).")
+    export_dir: str = option(
+        "", f"The SavedModel (default: ${AIP_MODEL_DIR} if set, else MODEL_DIR/export).")
 
     def __post_init__(self):
-        def need(ok: bool, flag: str, what: str):
-            if not ok:
-                raise ConfigError(f"--{flag} {what}, got {getattr(self, flag)!r}")
-
-        need(bool(self.data_dir), "data_dir", "is required")
-        need(bool(self.model_dir), "model_dir", "is required")
-        need(self.epochs >= 1, "epochs", "must be >= 1")
-        need(self.global_batch_size >= 1, "global_batch_size", "must be >= 1")
-        need(self.learning_rate > 0, "learning_rate", "must be > 0")
-        need(self.embedding_dim >= 1, "embedding_dim", "must be >= 1")
-        need(self.gru_units >= 0, "gru_units", "must be >= 0")
-        need(self.gru_layers >= 1, "gru_layers", "must be >= 1")
-        need(self.last_movies >= 0, "last_movies", "must be >= 0")
-        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        need(self.temperature > 0, "temperature", "must be > 0")
-        need(self.negatives in NEGATIVES, "negatives", f"must be one of {NEGATIVES}")
-        need(self.logq_correction >= 0, "logq_correction", "must be >= 0")
-        need(self.uniform_negatives >= 0, "uniform_negatives", "must be >= 0")
-        need(self.popularity_prior >= 0, "popularity_prior", "must be >= 0")
-        need(not (self.uniform_negatives and (self.logq_correction or self.remove_accidental_hits)),
-             "uniform_negatives", "cannot be combined with --logq_correction or "
-             "--remove_accidental_hits")
-        need(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {OPTIMIZERS}")
-        need(self.dtype_policy in DTYPE_POLICIES, "dtype_policy",
-             f"must be one of {DTYPE_POLICIES}")
-        need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
-        need(0 <= self.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
-        need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        need(self.virtual_cpu_devices >= 0, "virtual_cpu_devices", "must be >= 0")
-        need(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
-        need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
-        need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        for f in dataclasses.fields(self):
+            check, value = f.metadata["check"], getattr(self, f.name)
+            if f.default is dataclasses.MISSING and not value:
+                raise ConfigError(f"--{f.name} is required")
+            if check and not check[0](value):
+                raise ConfigError(f"--{f.name} {check[1]}, got {value!r}")
+        if self.uniform_negatives and (self.logq_correction or self.remove_accidental_hits):
+            raise ConfigError("--uniform_negatives cannot be combined with --logq_correction "
+                              f"or --remove_accidental_hits, got {self.uniform_negatives!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -228,6 +201,35 @@ class TrainConfig:
     def query_units(self) -> int:
         """Width of the GRU layers (gru_units, 0 meaning embedding_dim)."""
         return self.gru_units or self.embedding_dim
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return self.checkpoint_dir or _join(self.model_dir, "checkpoints")
+
+    @property
+    def tensorboard_uri(self) -> str:
+        return self.tensorboard_dir or self.model_dir
+
+    @property
+    def export_uri(self) -> str:
+        return self.export_dir or _join(self.model_dir, "export")
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def defaults() -> dict[str, Any]:
+    """Every option with a default, by name: what a run gets when a flag is not given."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING}
+
+
+# Fields that fix the shape of the model's variables (or of the optimizer's
+# slots), and the value each had in runs saved before it existed.
+SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["shape"])
+SHAPE_FIELDS_BEFORE = {f.name: f.metadata["before"] for f in dataclasses.fields(TrainConfig)
+                       if f.metadata["before"] is not dataclasses.MISSING}
 
 
 # The TFRS sequential retrieval tutorial, exactly: Adagrad(0.1) on batches of
@@ -250,10 +252,63 @@ PRESETS = {"tutorial": TUTORIAL}
 def shape_mismatches(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
     """Human-readable differences in SHAPE_FIELDS between a saved config and this run."""
     out = []
-    for field, flag in SHAPE_FIELDS.items():
+    for field in SHAPE_FIELDS:
         if field not in saved and field not in SHAPE_FIELDS_BEFORE:
             continue
         value = saved.get(field, SHAPE_FIELDS_BEFORE.get(field))
         if value != getattr(current, field):
-            out.append(f"{flag}={value} there, {flag}={getattr(current, field)} now")
+            out.append(f"--{field}={value} there, --{field}={getattr(current, field)} now")
     return out
+
+
+# --- Flags: derived from the declaration above --------------------------------
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool,
+           str: flags.DEFINE_string}
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines one flag per TrainConfig field (same name, type, default, help), plus
+    --preset, in `flag_values`. Required fields get a None default: the missing
+    value is reported by TrainConfig, in one line, like every other bad value."""
+    types = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        default = None if f.default is dataclasses.MISSING else f.default
+        if f.metadata["choices"]:
+            flags.DEFINE_enum(f.name, default, f.metadata["choices"], f.metadata["help"],
+                              flag_values=flag_values)
+        else:
+            _DEFINE[types[f.name]](f.name, default, f.metadata["help"], flag_values=flag_values)
+    flags.DEFINE_enum("preset", None, sorted(PRESETS),
+                      "Start from a preset (tutorial: the TFRS tutorial's exact setup); flags "
+                      "given explicitly override it.", flag_values=flag_values)
+
+
+# Where a flag is not given, Vertex AI's variable supplies the value.
+_FROM_ENVIRONMENT = {"checkpoint_dir": AIP_CHECKPOINT_DIR,
+                     "tensorboard_dir": AIP_TENSORBOARD_LOG_DIR,
+                     "export_dir": AIP_MODEL_DIR}
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                      environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """The run's config from parsed flags: a --preset supplies defaults, a flag given
+    on the command line wins, and Vertex AI's AIP_* variables fill the output
+    directories that no flag names (each choice is logged).
+
+    Raises:
+      ConfigError: a value TrainConfig refuses (the message names the flag).
+    """
+    environ = os.environ if environ is None else environ
+    values = dict(PRESETS[flag_values["preset"].value]) if flag_values["preset"].value else {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in values or flag_values[f.name].present:
+            values[f.name] = flag_values[f.name].value
+    for name, var in _FROM_ENVIRONMENT.items():
+        if not flag_values[name].present and environ.get(var):
+            values[name] = environ[var]
+            logging.info("--%s=%s (from $%s)", name, values[name], var)
+    if not values["model_dir"] and environ.get(AIP_MODEL_DIR):
+        # Vertex sets AIP_MODEL_DIR to BASE/model; BASE is the run's directory.
+        values["model_dir"] = environ[AIP_MODEL_DIR].rstrip("/").rsplit("/", 1)[0]
+        logging.info("--model_dir=%s (the parent of $%s)", values["model_dir"], AIP_MODEL_DIR)
+    return TrainConfig(**values)

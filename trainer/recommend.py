@@ -18,6 +18,7 @@ older ones by filtering its results, so fewer than --k may remain).
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import sys
 from collections.abc import Sequence
@@ -51,13 +52,14 @@ def context_row(history: Sequence[int], length: int) -> list[int]:
     return tail + [schema.PAD_MOVIE_ID] * (length - len(tail))
 
 
-def _load(model_dir: str):
+def _load(model_dir: str | None, export_dir: str | None = None):
     import tensorflow as tf  # here, so --help and flag errors stay instant
 
-    export_dir = schema.join(model_dir, EXPORT_SUBDIR)
+    flag = "--export_dir" if export_dir else "--model_dir"
+    export_dir = export_dir or schema.join(model_dir, EXPORT_SUBDIR)
     if not tf.io.gfile.exists(schema.join(export_dir, "saved_model.pb")):
         raise UsageError(
-            f"--model_dir: no exported model at {export_dir} (expected saved_model.pb there); "
+            f"{flag}: no exported model at {export_dir} (expected saved_model.pb there); "
             "train with trainer.train --export first"
         )
     loaded = tf.saved_model.load(export_dir)
@@ -67,15 +69,17 @@ def _load(model_dir: str):
     return loaded, vocab, export_dir
 
 
-def recommend(model_dir: str, history: Sequence[int], k: int = 10, exclude_history: bool = True):
-    """Top-k recommendations for one history.
+def recommend(model_dir: str | None, history: Sequence[int], k: int = 10,
+              exclude_history: bool = True, export_dir: str | None = None):
+    """Top-k recommendations for one history, from `export_dir` (default:
+    model_dir/export).
 
     Returns:
       (vocab {id: row}, [(movie_id, score), ...] best first, context length L).
     """
     import tensorflow as tf
 
-    loaded, vocab, export_dir = _load(model_dir)
+    loaded, vocab, export_dir = _load(model_dir, export_dir)
     unknown = [m for m in history if m not in vocab]
     if unknown:
         raise UsageError(
@@ -116,21 +120,51 @@ def _format(history, vocab, results, length) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad flag reported in one line (exit 2), no abbreviations."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # Unknown flags first: a misspelt required flag is reported as misspelt.
+        for arg in sys.argv[1:] if args is None else args:
+            name = arg.split("=", 1)[0]
+            if name.startswith("-") and name not in self._option_string_actions:
+                near = difflib.get_close_matches(name, list(self._option_string_actions), 1)
+                self.error(f"unknown flag {name}" + (f"; did you mean {near[0]}?" if near else ""))
+        return super().parse_args(args, namespace)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.recommend", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model_dir", required=True, help="trainer.train's --model_dir (local or gs://)")
+    """`python -m trainer.recommend` and the `seqrec-recommend` console script."""
+    parser = _Parser(prog="python -m trainer.recommend", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", help="trainer.train's --model_dir (local or gs://); "
+                        "the model is read from MODEL_DIR/export")
+    parser.add_argument("--export_dir", help="the SavedModel itself, where trainer.train "
+                        "exported it elsewhere (--export_dir, or Vertex AI's $AIP_MODEL_DIR)")
     parser.add_argument("--history", required=True, help="comma-separated movie ids, oldest first")
     parser.add_argument("--k", type=int, default=10, help="number of recommendations")
     parser.add_argument(
         "--exclude_history", action=argparse.BooleanOptionalAction, default=True,
         help="leave the history's own movies out of the results (--no-exclude_history keeps them)",
     )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's own log lines")
     args = parser.parse_args(argv)
+    if not (args.model_dir or args.export_dir):
+        parser.error("one of --model_dir or --export_dir is required")
+    if not args.verbose:
+        from trainer import console
+
+        console.quiet_tensorflow()
     try:
         history = parse_history(args.history)
-        vocab, results, length = recommend(args.model_dir, history, args.k, args.exclude_history)
+        vocab, results, length = recommend(args.model_dir, history, args.k, args.exclude_history,
+                                           export_dir=args.export_dir)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,97 +21,12 @@ import time
 
 from absl import app, flags, logging
 
+from trainer import console
+
 # TensorFlow is imported inside functions: the entry point must split the CPU
-# into virtual devices (and TF_USE_LEGACY_KERAS must hold) before TF starts.
+# into virtual devices before TF starts.
 
 FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    from trainer.config import (
-        DTYPE_POLICIES,
-        LR_SCHEDULES,
-        NEGATIVES,
-        OPTIMIZERS,
-        PRESETS,
-        STRATEGIES,
-        TrainConfig,
-    )
-
-    d = TrainConfig(data_dir="-", model_dir="-")
-    flags.DEFINE_string("data_dir", None, "Beam job output (local path or gs://).")
-    flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries, metrics, export go.")
-    flags.DEFINE_integer("epochs", d.epochs, "Total epochs (a resumed run trains what is left).")
-    flags.DEFINE_integer("global_batch_size", d.global_batch_size, "Examples per step, all replicas.")
-    flags.DEFINE_float("learning_rate", d.learning_rate,
-                       "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a "
-                       "rate ~batch times the tutorial's summed-loss rate).")
-    flags.DEFINE_enum("preset", None, sorted(PRESETS),
-                      "Start from a preset (tutorial: the TFRS tutorial's exact setup); "
-                      "flags given explicitly override it.")
-    flags.DEFINE_integer("embedding_dim", d.embedding_dim, "Embedding width (query output).")
-    flags.DEFINE_integer("gru_units", d.gru_units, "GRU width (0: --embedding_dim).")
-    flags.DEFINE_integer("gru_layers", d.gru_layers, "Stacked GRU layers.")
-    flags.DEFINE_float("dropout", d.dropout, "Dropout in the query tower (training only).")
-    flags.DEFINE_bool("share_embeddings", d.share_embeddings,
-                      "One embedding table for context movies and candidates (weight tying).")
-    flags.DEFINE_bool("normalize", d.normalize,
-                      "L2-normalise both towers' outputs (cosine scores; use a low temperature).")
-    flags.DEFINE_integer("last_movies", d.last_movies,
-                         "The query output also sees the last K context movies' embeddings "
-                         "directly (a skip past the GRU; 0: off).")
-    flags.DEFINE_bool("mask_padding", d.mask_padding,
-                      "Mask padded context steps (--nomask_padding: like the tutorial).")
-    flags.DEFINE_float("temperature", d.temperature, "Softmax temperature (scores / T).")
-    flags.DEFINE_enum("negatives", d.negatives, NEGATIVES,
-                      "In-batch negatives from the global batch (all replicas) or per replica.")
-    flags.DEFINE_float("logq_correction", d.logq_correction,
-                       "Weight of the sampling-bias correction -w*log(q) (0: off, 1: full).")
-    flags.DEFINE_bool("remove_accidental_hits", d.remove_accidental_hits,
-                      "The label's movie elsewhere in the batch is not a negative.")
-    flags.DEFINE_float("popularity_prior", d.popularity_prior,
-                       "Weight b of b * log(label share) added to every score at inference "
-                       "(evaluation, export); 0: off.")
-    flags.DEFINE_integer("uniform_negatives", d.uniform_negatives,
-                         "Also score each query against N movies drawn uniformly per step "
-                         "(mixed negative sampling; 0: in-batch negatives only). Drawn by TF's "
-                         "seeded RNG, which a checkpoint does not hold: a resumed run draws "
-                         "other negatives than an uninterrupted one.")
-    flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
-    flags.DEFINE_enum("dtype_policy", d.dtype_policy, DTYPE_POLICIES,
-                      "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
-                      "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).")
-    flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES,
-                      "Learning-rate decay after the warmup.")
-    flags.DEFINE_float("warmup_fraction", d.warmup_fraction,
-                       "Fraction of all steps with a linear warmup.")
-    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "Distribution strategy.")
-    flags.DEFINE_integer("virtual_cpu_devices", d.virtual_cpu_devices,
-                         "Split the CPU into N logical devices (replicas) before TF starts.")
-    flags.DEFINE_integer("checkpoint_every_steps", d.checkpoint_every_steps,
-                         "Checkpoint every N steps as well as at each epoch end (0: epochs only).")
-    flags.DEFINE_integer("keep_checkpoints", d.keep_checkpoints, "Checkpoints to keep.")
-    flags.DEFINE_integer("seed", d.seed, "Seed of weight init and per-epoch shuffles.")
-    flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples).")
-    flags.DEFINE_integer("eval_batch_size", d.eval_batch_size, "Evaluation batch size.")
-    flags.DEFINE_bool("eval_every_epoch", d.eval_every_epoch, "Evaluate after every epoch.")
-    flags.DEFINE_bool("eval_exclude_context", d.eval_exclude_context,
-                      "Evaluation does not rank the movies of the query's own context.")
-    flags.DEFINE_bool("export", d.export, "Export a SavedModel to model_dir/export at the end.")
-    flags.mark_flags_as_required(["data_dir", "model_dir"])
-
-
-def config_from_flags():
-    import dataclasses
-
-    from trainer.config import PRESETS, TrainConfig
-
-    values = dict(PRESETS[FLAGS.preset]) if FLAGS.preset else {}
-    for f in dataclasses.fields(TrainConfig):
-        # A preset supplies defaults; a flag given on the command line wins.
-        if f.name not in values or FLAGS[f.name].present:
-            values[f.name] = FLAGS[f.name].value
-    return TrainConfig(**values)
 
 
 def learning_rate(cfg, total_steps: int):
@@ -241,6 +156,7 @@ class _Evaluator:
         from trainer import data
 
         self.info, self.cfg, self._popularity = info, cfg, None
+        self.popularity_plotted = False
         self.dataset = data.make_eval_dataset(info, cfg.eval_batch_size)
         try:
             from trainer import evaluate
@@ -272,13 +188,11 @@ def _export(model, info, cfg, task) -> None:
         return
     # Every worker exports (saving may take part in collectives); only the
     # chief into model_dir.
-    target = (schema.join(cfg.model_dir, "export") if task.is_chief
+    target = (cfg.export_uri if task.is_chief
               else tempfile.mkdtemp(prefix="seqrec-worker-export-"))
     export.export_model(model.query_model, model.candidate_model, info.movie_ids, target,
                         schema.join(info.data_dir, schema.VOCAB_FILE))
-    if task.is_chief:
-        logging.info("Exported SavedModel to %s", target)
-    else:
+    if not task.is_chief:
         shutil.rmtree(target, ignore_errors=True)
 
 
@@ -310,6 +224,24 @@ def _preflight_gcs(cfg) -> None:
             storage.preflight(uri, need_write=need_write)
 
 
+def _hparams(cfg) -> None:
+    """The run's configuration on TensorBoard's HPARAMS tab (needs the tensorboard
+    package: `pip install seqrec[tensorboard]`; without it, config.json only)."""
+    try:
+        from tensorboard.plugins.hparams import api as hp
+    except ImportError:
+        logging.info("tensorboard is not installed: no hparams summary (config.json has them)")
+        return
+    hp.hparams({k: v for k, v in json.loads(cfg.to_json()).items()
+                if isinstance(v, bool | int | float | str)})
+
+
+def _current_lr(optimizer) -> float:
+    """The learning rate the last step used (a schedule is evaluated at the step)."""
+    lr = optimizer.learning_rate  # a (Mirrored)Variable, a tensor or a float
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
 def run(cfg) -> dict:
     """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}.
 
@@ -328,8 +260,10 @@ def run(cfg) -> dict:
     _preflight_gcs(cfg)
     info = data.load_data_dir(cfg.data_dir)
     if distribute.is_chief_from_env():  # only the chief writes model_dir
-        checkpoints.probe_writable(cfg.model_dir)
-    checkpoints.check_compatible(cfg.model_dir, cfg)
+        for flag in ("model_dir", "checkpoint_dir", "tensorboard_dir"):
+            if flag == "model_dir" or getattr(cfg, flag):  # others default beneath model_dir
+                checkpoints.probe_writable(getattr(cfg, flag), flag)
+    checkpoints.check_compatible(cfg)
     steps_per_epoch = data.steps_per_epoch(info, cfg.global_batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
@@ -344,7 +278,7 @@ def run(cfg) -> dict:
 
     model, optimizer = build(info, cfg, strategy)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    restored = checkpoints.restore(checkpoint, cfg.model_dir)
+    restored = checkpoints.restore(checkpoint, cfg.checkpoints_uri)
     step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
     if restored:
         logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
@@ -358,10 +292,13 @@ def run(cfg) -> dict:
         with tf.io.gfile.GFile(metrics_path) as f:
             return json.loads(f.read())
 
-    writer = checkpoints.Writer(checkpoint, cfg.model_dir, task.is_chief, cfg.keep_checkpoints)
+    writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, task.is_chief,
+                                cfg.keep_checkpoints)
     if task.is_chief:
-        train_log = tf.summary.create_file_writer(schema.join(cfg.model_dir, "train"))
-        eval_log = tf.summary.create_file_writer(schema.join(cfg.model_dir, "eval"))
+        train_log = tf.summary.create_file_writer(schema.join(cfg.tensorboard_uri, "train"))
+        eval_log = tf.summary.create_file_writer(schema.join(cfg.tensorboard_uri, "eval"))
+        with tf.summary.create_file_writer(cfg.tensorboard_uri).as_default():
+            _hparams(cfg)
     else:
         train_log = eval_log = tf.summary.create_noop_writer()
     evaluator = _Evaluator(info, cfg)
@@ -377,13 +314,11 @@ def run(cfg) -> dict:
                  cfg.global_batch_size // strategy.num_replicas_in_sync)
 
     results = {"step": step}
-    progbar, t0, t0_step = None, time.time(), step
+    progress, t0, t0_step = None, None, step
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        if progbar is None:
-            print(f"Epoch {epoch + 1}/{cfg.epochs}", flush=True)
-            progbar = tf.keras.utils.Progbar(steps_per_epoch)
-            progbar.update(in_epoch)
+        if progress is None:
+            progress = console.Progress(epoch + 1, cfg.epochs, steps_per_epoch, in_epoch)
         try:
             loss = float(train_step(next(iterator)))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
@@ -397,37 +332,31 @@ def run(cfg) -> dict:
                 f"{info.data_dir}: the train split ended at step {step}, before the "
                 f"{info.num_examples[schema.TRAIN]} examples metadata.json counts") from None
         step += 1
-        progbar.update(in_epoch + 1, values=[("loss", loss)])
+        if t0 is None:  # the first step traces the step function: time from after it
+            t0, t0_step = time.time(), step
+        progress.update(in_epoch + 1, loss)
         with train_log.as_default():
             _scalar("loss_per_example", loss, step)
+            _scalar("learning_rate", _current_lr(optimizer), step)
         epoch_end = step % steps_per_epoch == 0
         if epoch_end or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):
             path = writer.save(step)
             logging.info("Saved checkpoint %s", path)
         if epoch_end:
-            progbar = None
-            rate = (step - t0_step) * cfg.global_batch_size / (time.time() - t0)
+            progress = None
+            rate = ((step - t0_step) * cfg.global_batch_size / (time.time() - t0)
+                    if step > t0_step else float("nan"))
             with train_log.as_default():
-                _scalar("examples_per_second", rate, step)
+                if step > t0_step:
+                    _scalar("examples_per_second", rate, step)
             logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s",
                          step // steps_per_epoch, step, model.loss_tracker.result().numpy(), rate)
             model.loss_tracker.reset_state()
             if task.is_chief and (cfg.eval_every_epoch or step == total_steps):
-                metrics = evaluator(model)
-                if metrics:
-                    results = {"step": step, **metrics}
-                    _write_json(metrics_path, results)
-                    with eval_log.as_default():
-                        for split, values in metrics.items():
-                            for k, v in values.items():
-                                _scalar(f"{split}/{k}", v, step)
-                    logging.info("Step %d test %s", step, _fmt(metrics["test"]))
+                results = _evaluate(evaluator, model, step, metrics_path, eval_log)
             t0, t0_step = time.time(), step
     if results.get("step") != step and task.is_chief:  # resumed exactly at the end
-        metrics = evaluator(model)
-        if metrics:
-            results = {"step": step, **metrics}
-            _write_json(metrics_path, results)
+        results = _evaluate(evaluator, model, step, metrics_path, eval_log)
     if "popularity" in results:
         logging.info("Popularity baseline %s", _fmt(results["popularity"]))
     if cfg.export:
@@ -439,19 +368,58 @@ def run(cfg) -> dict:
     return results
 
 
+# Constant over a run: not plotted per epoch (metrics.json keeps them).
+_NOT_PLOTTED = ("num_queries",)
+
+
+def _evaluate(evaluator, model, step: int, metrics_path: str, eval_log) -> dict:
+    """Evaluates, writes metrics.json and the eval/ summaries; returns the results.
+    The popularity baseline does not change while training: plotted once."""
+    metrics = evaluator(model)
+    if not metrics:
+        return {"step": step}
+    _write_json(metrics_path, {"step": step, **metrics})
+    with eval_log.as_default():
+        for split, values in metrics.items():
+            if split == "popularity" and evaluator.popularity_plotted:
+                continue
+            for k, v in values.items():
+                if k not in _NOT_PLOTTED:
+                    _scalar(f"{split}/{k}", v, step)
+    evaluator.popularity_plotted = True
+    logging.info("Step %d test %s", step, _fmt(metrics["test"]))
+    return {"step": step, **metrics}
+
+
 def _fmt(metrics: dict) -> str:
     keys = ("top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr")
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-def main(argv) -> int:
-    del argv
-    from trainer.config import ConfigError
-
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a flag error in one line and exit status 2 (absl's own
+    prints a FATAL line and a hint, and exits 1)."""
     try:
-        cfg = config_from_flags()
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv) -> int:
+    from trainer.config import ConfigError, config_from_flags
+
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]} (flags are --name=value)",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = config_from_flags(FLAGS)
     except ConfigError as e:  # a flag value TrainConfig rejects; the message names it
-        raise app.UsageError(str(e)) from None
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not console.verbose():
+        console.quiet_tensorflow()
     from trainer import distribute  # imports TensorFlow: after flag checks
 
     # Before anything initialises TensorFlow.
@@ -464,12 +432,18 @@ def main(argv) -> int:
     try:
         run(cfg)
     except errors as e:
-        logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
 
 
+def main() -> None:
+    """`python -m trainer.train` and the `seqrec-train` console script."""
+    from trainer.config import define_flags
+
+    define_flags(FLAGS)
+    app.run(_main, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    main()

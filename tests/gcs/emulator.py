@@ -256,7 +256,6 @@ class GcsEmulator:
             env.pop(key, None)
         env.update(self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-        env.setdefault("TF_USE_LEGACY_KERAS", "1")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.update(extra or {})
         return env

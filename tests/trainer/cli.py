@@ -12,9 +12,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def env(**extra) -> dict:
-    e = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # What a user's shell has: no TF_USE_LEGACY_KERAS or TF_CPP_MIN_LOG_LEVEL (the
+    # package and the entry point arrange those). The tests' own process has them
+    # (tests/conftest.py): drop them.
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")}
+    e["PYTHONUNBUFFERED"] = "1"
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    e.pop("TF_CONFIG", None)
     e.update(extra)
     return e
 

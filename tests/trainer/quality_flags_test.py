@@ -237,7 +237,7 @@ def test_shared_run_exports_the_prior_and_refuses_a_mismatched_resume(data_dir, 
     # score = query . row + log q(movie).
     info = data.load_data_dir(data_dir)
     m, _ = train.build(info, cfg, tf.distribute.get_strategy())
-    tf.train.Checkpoint(model=m).restore(checkpoints.latest(cfg.model_dir)).expect_partial()
+    tf.train.Checkpoint(model=m).restore(checkpoints.latest(cfg.checkpoints_uri)).expect_partial()
     context = tf.constant([[10, 17, 24] + [0] * (info.context_length - 3)], tf.int64)
     served = tf.saved_model.load(os.path.join(cfg.model_dir, "export")).signatures[
         "serving_default"](context_movie_id=context)
