@@ -266,10 +266,11 @@ _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEF
            str: flags.DEFINE_string}
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     """Defines one flag per TrainConfig field (same name, type, default, help), plus
-    --preset, in `flag_values`. Required fields get a None default: the missing
-    value is reported by TrainConfig, in one line, like every other bad value."""
+    --preset, in `flag_values`; returns their names. Required fields get a None
+    default: the missing value is reported by TrainConfig, in one line, like every
+    other bad value."""
     types = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         default = None if f.default is dataclasses.MISSING else f.default
@@ -281,6 +282,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("preset", None, sorted(PRESETS),
                       "Start from a preset (tutorial: the TFRS tutorial's exact setup); flags "
                       "given explicitly override it.", flag_values=flag_values)
+    return [f.name for f in dataclasses.fields(TrainConfig)] + ["preset"]
 
 
 # Where a flag is not given, Vertex AI's variable supplies the value.

@@ -441,7 +441,10 @@ def main() -> None:
     """`python -m trainer.train` and the `seqrec-train` console script."""
     from trainer.config import define_flags
 
-    define_flags(FLAGS)
+    # Key flags of the main program (sys.argv[0]: trainer/train.py or the console
+    # script), so --helpshort lists them although trainer.config defines them.
+    for name in define_flags(FLAGS):
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(_main, flags_parser=_parse_flags)
 
 
