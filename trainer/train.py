@@ -237,7 +237,8 @@ def _hparams(cfg) -> None:
 
 
 def _current_lr(optimizer) -> float:
-    """The learning rate the last step used (a schedule is evaluated at the step)."""
+    """The learning rate the last step used (tf.keras keeps it in a variable that
+    apply_gradients updates from the schedule)."""
     lr = optimizer.learning_rate  # a (Mirrored)Variable, a tensor or a float
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
 
