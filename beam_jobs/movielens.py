@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
 import re
 
 import numpy as np
@@ -52,9 +53,16 @@ class InputFiles:
     movies_size: int
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
 def _size(path: str) -> int | None:
     """Size of `path`, None if it does not exist; other failures (e.g. no credentials for
-    gs://) raise InputError with their cause rather than pretending the file is missing."""
+    gs://) raise InputError with their cause rather than pretending the file is missing,
+    and so does a local directory in place of the file (its size would read as a file's)."""
+    if _is_local(path) and os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not a file")
     try:
         found = FileSystems.match([path])[0].metadata_list
     except Exception as e:  # BeamIOError wraps the filesystem's own exception
@@ -66,14 +74,18 @@ def _size(path: str) -> int | None:
 
 def find_inputs(input_dir: str) -> InputFiles:
     """Finds the ratings and movies files under `input_dir`; raises InputError naming the
-    missing/empty file before any worker starts."""
+    flag or file before any worker starts: input_dir missing or a file; an input file
+    missing, a directory, empty, or without a data line (only blank lines, and the csv
+    header)."""
+    if _is_local(input_dir) and os.path.exists(input_dir) and not os.path.isdir(input_dir):
+        raise InputError(f"--input_dir {input_dir}: is a file, not a directory")
     found = {}
     for fmt, (ratings, _movies) in FORMATS.items():
         size = _size(schema.join(input_dir, ratings))
         if size is not None:
             found[fmt] = size
     if not found:
-        if "://" not in input_dir and not FileSystems.exists(input_dir):
+        if _is_local(input_dir) and not FileSystems.exists(input_dir):
             raise InputError(f"--input_dir {input_dir}: no such directory")
         raise InputError(
             f"--input_dir {input_dir}: found neither ratings.dat (ML-1M) nor ratings.csv "
@@ -86,17 +98,13 @@ def find_inputs(input_dir: str) -> InputFiles:
     movies_size = _size(movies)
     if movies_size is None:
         raise InputError(f"{movies}: movies file not found (needed next to {ratings})")
-    if movies_size == 0:
-        raise InputError(f"{movies}: movies file is empty")
-    if ratings_size == 0:
-        raise InputError(f"{ratings}: ratings file is empty")
-    if ratings_size < 4096:
-        # Cheap check for a file holding only a header and/or blank lines.
-        lines = [ln for ln in read_bytes(ratings).splitlines() if ln.strip()]
-        if fmt == "csv" and lines and _is_ratings_header(lines[0]):
-            lines = lines[1:]
-        if not lines:
-            raise InputError(f"{ratings}: ratings file has no data lines")
+    for path, size, what, header in ((movies, movies_size, "movies", _is_movies_header),
+                                     (ratings, ratings_size, "ratings", _is_ratings_header)):
+        if size == 0:
+            raise InputError(f"{path}: {what} file is empty")
+        if not _has_data_line(path, header if fmt == "csv" else None):
+            raise InputError(f"{path}: {what} file has no data lines (empty input: blank "
+                             f"lines only{', besides the header' if fmt == 'csv' else ''})")
     return InputFiles(fmt, ratings, movies, ratings_size, movies_size)
 
 
@@ -108,6 +116,42 @@ def read_bytes(path: str) -> bytes:
 
 def _is_ratings_header(line: bytes) -> bool:
     return line.strip().lower().replace(b" ", b"") == RATINGS_HEADER
+
+
+def _is_movies_header(line: bytes) -> bool:
+    return line.strip().lower().replace(b" ", b"") == MOVIES_HEADER.encode()
+
+
+_SCAN_BLOCK = 1 << 16
+
+
+def _has_data_line(path: str, is_header=None) -> bool:
+    """Whether `path` holds a non-blank line other than its first non-blank line when
+    `is_header` says that one is a header. Reads up to the first data line: one block of
+    a real file, the whole file only when it is all blank (a blank line, as in
+    parse_rating_line, is one with nothing but whitespace)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        buf = b""
+        while not buf:
+            block = f.read(_SCAN_BLOCK)
+            if not block:
+                return False
+            buf = block.lstrip()
+        if is_header is None:
+            return True
+        # The first non-blank line, whole (a header is short: stop looking after 4 KB).
+        while b"\n" not in buf and len(buf) < 4096:
+            block = f.read(_SCAN_BLOCK)
+            if not block:
+                break
+            buf += block
+        first, _, rest = buf.partition(b"\n")
+        if not is_header(first) or rest.strip():
+            return True
+        while block := f.read(_SCAN_BLOCK):
+            if block.strip():
+                return True
+    return False
 
 
 # ---------------------------------------------------------------- ratings byte ranges
@@ -353,7 +397,7 @@ def parse_movies(data: bytes, fmt: str) -> tuple[MoviesTable, list[tuple[int, st
     num_lines = 0
     for n, raw in enumerate(lines, start=1):
         line = raw.rstrip(b"\r")
-        if n == 1 and fmt == "csv" and line.strip().lower().replace(b" ", b"") == MOVIES_HEADER.encode():
+        if n == 1 and fmt == "csv" and _is_movies_header(line):
             continue
         num_lines += 1
         parsed = _parse_movie_line(line, fmt)

@@ -135,3 +135,30 @@ def test_find_inputs_errors_name_the_file(tmp_path):
     d = util.write_input(tmp_path / "ok", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
     found = M.find_inputs(d)
     assert found.format == "dat" and found.ratings.endswith("ratings.dat")
+
+
+def test_find_inputs_looks_past_blank_lines_for_data(tmp_path):
+    # Blank lines over several read blocks: only a file of nothing else is empty input,
+    # whatever its size (the csv header does not count as data).
+    blanks = [""] * 70000 + [" \t"]
+    for fmt, header, row in (("dat", [], "1::1::5::1"),
+                             ("csv", ["userId,movieId,rating,timestamp"], "1,1,5,1")):
+        movies = ["movieId,title,genres", "1,A,B"] if fmt == "csv" else util.GOLDEN_MOVIES
+        d = util.write_input(tmp_path / f"{fmt}-data", header + blanks + [row], movies, fmt=fmt)
+        assert M.find_inputs(d).format == fmt
+        d = util.write_input(tmp_path / f"{fmt}-blank", header + blanks, movies, fmt=fmt)
+        with pytest.raises(M.InputError, match=rf"ratings\.{fmt}: ratings file has no data "
+                                               r"lines \(empty input"):
+            M.find_inputs(d)
+    d = util.write_input(tmp_path / "blank-movies", util.GOLDEN_RATINGS, ["", " "])
+    with pytest.raises(M.InputError, match=r"movies\.dat: movies file has no data lines"):
+        M.find_inputs(d)
+
+
+def test_find_inputs_refuses_directories_in_place_of_files(tmp_path):
+    d = util.write_input(tmp_path / "in", None, util.GOLDEN_MOVIES)
+    os.mkdir(os.path.join(d, "ratings.dat"))
+    with pytest.raises(M.InputError, match=r"ratings\.dat: is a directory, not a file"):
+        M.find_inputs(d)
+    with pytest.raises(M.InputError, match=r"--input_dir .*movies\.dat: is a file"):
+        M.find_inputs(os.path.join(d, "movies.dat"))
