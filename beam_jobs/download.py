@@ -9,6 +9,7 @@ training on different data.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ RELEASES = {
                         "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436"),
 }
 _MARKER = ".seqrec-sha256"
+_LOG = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
@@ -61,9 +63,12 @@ def download(name: str, cache_dir: str | None = None, base_url: str | None = Non
     if os.path.exists(marker):
         with open(marker) as f:
             if f.read().strip() == sha:
+                _LOG.info("--download=%s: using the copy checked earlier in %s", name, target)
                 return target
     os.makedirs(cache_dir, exist_ok=True)
     url = f"{base_url}/{name}.zip"
+    _LOG.info("--download=%s: fetching %s (%.1f MB) into %s", name, url,
+              RELEASES[name][0] / 1e6, target)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
         zip_path = os.path.join(tmp, f"{name}.zip")
         digest = hashlib.sha256()

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import posixpath
+import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -20,6 +23,7 @@ from beam_jobs.tfrecord import write_bytes
 COUNTER_NAMESPACE = "seqrec"
 ERRORS_HEADER = "file\tline\treason\ttext"
 _JOB_ERROR = "seqrec job failed: "
+_LOG = logging.getLogger(__name__)
 
 
 class OutputError(ValueError):
@@ -36,7 +40,7 @@ class BadInputError(RuntimeError):
 def job_error_message(e: BaseException) -> str | None:
     """Our own failure message inside whatever a runner wrapped it in, if any."""
     text = str(e)
-    i = text.find(_JOB_ERROR)
+    i = text.rfind(_JOB_ERROR)  # runners may wrap it in a copy of its own message
     if i < 0:
         return None
     return text[i + len(_JOB_ERROR):].split("\n")[0].split(" [while running")[0].strip(" '\"")
@@ -132,8 +136,10 @@ def write_errors(element: tuple[str, list], output_dir: str) -> tuple[str, int]:
     rows = sorted(r for r in records if r is not None)
     lines = [ERRORS_HEADER] + [f"{r.file}\t{r.line}\t{r.reason}\t{r.text}" for r in rows]
     name = errors_file_name(input_file)
-    write_bytes(schema.join(output_dir, schema.ERRORS_DIR, name),
-                ("\n".join(lines) + "\n").encode("utf-8"))
+    path = schema.join(output_dir, schema.ERRORS_DIR, name)
+    write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    if rows:
+        _LOG.info("set aside %d lines of %s in %s", len(rows), input_file, path)
     return name, len(rows)
 
 
@@ -224,8 +230,11 @@ def finalize(_, cfg, inputs, movies: MoviesStats, range_stats: list[RangeStats],
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Refuses a finished run unless `overwrite`; then removes the outputs of any earlier
-    run (its _SUCCESS first, so an interrupted cleanup never looks finished)."""
+    """Refuses a local output_dir that is a file or cannot be created or written, and a
+    finished run unless `overwrite`; then removes the outputs of any earlier run (its
+    _SUCCESS first, so an interrupted cleanup never looks finished)."""
+    if "://" not in output_dir:
+        _check_local_dir(output_dir)
     success = schema.join(output_dir, schema.SUCCESS_FILE)
     if FileSystems.exists(success):
         if not overwrite:
@@ -239,6 +248,23 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     stale = [m.path for r in FileSystems.match(patterns) for m in r.metadata_list]
     if stale:
         FileSystems.delete(stale)
+
+
+def _check_local_dir(output_dir: str) -> None:
+    """Creates output_dir and writes and removes a file in it: the job's own first write
+    would otherwise fail late, inside a worker. A real write rather than os.access, which
+    ignores read-only mounts and answers yes to root everywhere."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputError(f"--output_dir {output_dir}: is a file, not a directory")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".seqrec-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and e.filename != output_dir else ""
+        raise OutputError(f"--output_dir {output_dir}: cannot write there: "
+                          f"{e.strerror or e}{where}") from e
 
 
 def summary(output_dir: str) -> str | None:

@@ -48,7 +48,6 @@ written one block of users at a time (O(block_size * (num_movies + ratings per b
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -58,6 +57,8 @@ import sys
 import time
 
 import numpy as np
+
+from beam_jobs import options
 
 GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -116,19 +117,20 @@ class Config:
     block_size: int = 1000
 
     def validate(self) -> None:
+        """Raises ValueError("--flag: problem") for a value the generator cannot use."""
         if self.num_users < 1:
-            raise ValueError(f"--num_users must be >= 1, got {self.num_users}")
+            raise ValueError(f"--num_users: must be >= 1, got {self.num_users}")
         min_movies = math.ceil(MIN_RATINGS / MAX_RATED_FRACTION)
         if self.num_movies < min_movies:
-            raise ValueError(f"--num_movies must be >= {min_movies} (every user rates >= "
+            raise ValueError(f"--num_movies: must be >= {min_movies} (every user rates >= "
                              f"{MIN_RATINGS} distinct movies), got {self.num_movies}")
         if not self.ratings_per_user >= MIN_RATINGS:
-            raise ValueError(f"--ratings_per_user must be >= {MIN_RATINGS}, "
+            raise ValueError(f"--ratings_per_user: must be >= {MIN_RATINGS}, "
                              f"got {self.ratings_per_user}")
         if self.format not in ("dat", "csv"):
-            raise ValueError(f"--format must be 'dat' or 'csv', got {self.format!r}")
+            raise ValueError(f"--format: must be 'dat' or 'csv', got {self.format!r}")
         if self.block_size < 1:
-            raise ValueError(f"--block_size must be >= 1, got {self.block_size}")
+            raise ValueError(f"--block_size: must be >= 1, got {self.block_size}")
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -396,8 +398,14 @@ def generate(cfg: Config, output_dir: str) -> dict:
             "ratings": int(counts.sum()), "files": [f"ratings.{ext}", f"movies.{ext}"]}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+PROG = "python -m beam_jobs.synthetic"
+
+
+def parse_args(argv: list[str], prog: str = PROG) -> tuple[str, Config]:
+    """(output_dir, Config) of a command line. Strict: no abbreviations; an unknown flag
+    or a bad value raises options.FlagError naming it (and the closest flag); --help
+    prints the help and raises SystemExit(0)."""
+    p = options.StrictParser(prog=prog, description=__doc__.split("\n")[0])
     d = Config()
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num_users", type=int, default=d.num_users)
@@ -408,22 +416,40 @@ def parse_args(argv):
     p.add_argument("--format", choices=("dat", "csv"), default=d.format)
     p.add_argument("--block_size", type=int, default=d.block_size,
                    help="users generated at once (memory only: output does not depend on it)")
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    options.refuse_unknown(unknown, options.flag_names(p), prog)
     out = args.output_dir
     del args.output_dir
     return out, Config(**vars(args))
 
 
-def main(argv=None) -> None:
-    out, cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    t = time.perf_counter()
+def main(argv: list[str] | None = None) -> int:
+    """The command line: `python -m beam_jobs.synthetic` and the seqrec-synthetic console
+    script (argv None: sys.argv[1:]). Prints the counts as one JSON line on stdout.
+    Returns the exit status: 0 done (or --help), 2 a refused flag, value or output_dir
+    (one line on stderr naming it)."""
+    prog = options.prog("beam_jobs.synthetic") if argv is None else PROG
     try:
-        stats = generate(cfg, out)
-    except ValueError as e:
-        sys.exit(f"beam_jobs.synthetic: {e}")
+        out, cfg = parse_args(sys.argv[1:] if argv is None else list(argv), prog)
+        cfg.validate()
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except ValueError as e:  # options.FlagError too
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise NotADirectoryError(0, "is a file, not a directory")
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        print(f"error: --output_dir {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    t = time.perf_counter()
+    stats = generate(cfg, out)
     stats["seconds"] = round(time.perf_counter() - t, 2)
     print(json.dumps({"output_dir": out, **stats}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,11 +4,26 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
 from beam_jobs import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = os.path.join(ROOT, "data", "sample")
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def plain_env(home) -> dict[str, str]:
+    """The environment of a user's shell with the venv on PATH, and nothing else."""
+    return {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(home)}
+
+
+def run_command(argv, home, timeout=120) -> subprocess.CompletedProcess:
+    """Runs argv as a user would (plain environment, from the repository root); text
+    stdout/stderr captured."""
+    return subprocess.run([str(a) for a in argv], env=plain_env(home), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 # The golden input (see pipeline_test.test_golden_example for the hand-computed output).
 GOLDEN_MOVIES = [
