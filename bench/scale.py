@@ -37,7 +37,7 @@ SCALES = {
 def train_steps(data_dir: str, steps: int, batch: int, dim: int, out: str) -> None:
     """Child process: `steps` steps (0: one epoch) of trainer.train's step; writes JSON to out."""
     t_start = time.perf_counter()
-    from trainer import data, distribute, train
+    from trainer import data, distribute, task
     from trainer.config import TrainConfig
 
     info = data.load_data_dir(data_dir)
@@ -46,11 +46,10 @@ def train_steps(data_dir: str, steps: int, batch: int, dim: int, out: str) -> No
     cfg = TrainConfig(data_dir=data_dir, model_dir="-", global_batch_size=batch,
                       embedding_dim=dim, epochs=1, strategy="default")
     strategy = distribute.make_strategy("default")
-    model, optimizer = train.build(info, cfg, strategy)
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.make_train_dataset(info, batch, 1, cfg.seed, cfg.shuffle_buffer, ctx))
-    it = iter(ds)
-    step = train.make_train_step(model, optimizer, strategy)
+    retrieval = task.RetrievalTask(info, cfg)
+    model, optimizer = retrieval.build_model(strategy)
+    it = iter(retrieval.build_inputs(strategy))
+    step = retrieval.train_step(model, optimizer, strategy)
     float(step(next(it)))  # trace + first step: part of start-up
     startup = time.perf_counter() - t_start
     t = time.perf_counter()

@@ -148,7 +148,7 @@ def case_tutorial(a) -> dict:
 
 
 def case_step_ours(a) -> dict:
-    from trainer import data, distribute, train
+    from trainer import distribute, task
     from trainer.config import TrainConfig
 
     distribute.configure_virtual_cpus(a.virtual_cpu_devices)
@@ -156,12 +156,10 @@ def case_step_ours(a) -> dict:
     strategy = distribute.make_strategy("auto" if a.virtual_cpu_devices else "default")
     cfg = TrainConfig(data_dir=a.data_dir, model_dir="-", global_batch_size=BATCH,
                       embedding_dim=DIM, epochs=100, dtype_policy=a.dtype_policy)
-    model, optimizer = train.build(info, cfg, strategy)
-    ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.make_train_dataset(info, BATCH, cfg.epochs, cfg.seed,
-                                            cfg.shuffle_buffer, ctx))
-    it = iter(ds)
-    step = train.make_train_step(model, optimizer, strategy)
+    retrieval = task.RetrievalTask(info, cfg)
+    model, optimizer = retrieval.build_model(strategy)
+    it = iter(retrieval.build_inputs(strategy))
+    step = retrieval.train_step(model, optimizer, strategy)
     times, losses = [], []
     for _ in range(a.warmup + a.steps):
         t = time.perf_counter()
@@ -177,10 +175,13 @@ def case_eval(a) -> dict:
     import tensorflow_recommenders as tfrs
 
     from trainer import data, evaluate, model
+    from trainer.config import ModelConfig
 
     info = _info(a.data_dir)
     tf.keras.utils.set_random_seed(0)
-    query_model, candidate_model = model.build_towers(info.movie_ids, DIM, info.context_length)
+    query_model, candidate_model = model.build_towers(
+        info.movie_ids, info.context_length,
+        ModelConfig(embedding_dim=DIM, gru_units=0, last_movies=0))
     test = data.make_eval_dataset(info, 2560).cache()  # the tutorial's test batch
     n = sum(int(tf.shape(b["label_movie_id"])[0]) for b in test)  # fill the cache
     ks = evaluate.DEFAULT_KS
@@ -288,6 +289,7 @@ def case_tower_levers(a) -> dict:
     import tensorflow as tf
 
     from trainer import losses, model
+    from trainer.config import ModelConfig
 
     b, d, length = a.lever_batch, a.lever_dim, 10
     info = _info(a.data_dir)
@@ -301,8 +303,10 @@ def case_tower_levers(a) -> dict:
                 "unrolled, mixed_bfloat16": (True, "mixed_bfloat16")}
     fns = {}
     for name, (unroll, policy) in variants.items():
-        q, c = model.build_towers(info.movie_ids, d, length, unroll_gru=unroll,
-                                  dtype_policy=policy)
+        q, c = model.build_towers(
+            info.movie_ids, length,
+            ModelConfig(embedding_dim=d, gru_units=0, last_movies=0, dtype_policy=policy),
+            unroll_gru=unroll)
 
         @tf.function
         def fn(q=q, c=c):

@@ -22,7 +22,6 @@ save left behind (temp objects) is deleted by the next run's chief
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -49,21 +48,6 @@ class CheckpointSaveError(ModelDirError):
 # writer's `*.tempstate<random>` files (renamed into place when complete) and
 # `checkpoint.tmp<hex>` from the state file's atomic write.
 STALE_PATTERNS = ("*_temp", "*_temp/*", "*.tempstate*", "checkpoint.tmp*")
-
-
-def probe_writable(model_dir: str, flag: str = "model_dir") -> None:
-    """Creates the directory and writes/deletes a probe file, so an unwritable
-    output fails now rather than after the first hour of training. The error
-    names `--flag`."""
-    probe = schema.join(model_dir, f".write_probe_{os.getpid()}")
-    try:
-        tf.io.gfile.makedirs(model_dir)
-        with tf.io.gfile.GFile(probe, "w") as f:
-            f.write("ok")
-        tf.io.gfile.remove(probe)
-    except (tf.errors.OpError, OSError) as e:
-        msg = getattr(e, "message", None) or str(e)
-        raise ModelDirError(f"--{flag}={model_dir}: not writable ({msg.splitlines()[0]})") from None
 
 
 def checkpoint_dir(model_dir: str) -> str:

@@ -68,7 +68,7 @@ def fraction_below_one() -> Check:
 def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
            choices: tuple[str, ...] | None = None, check: Check | None = None,
            shape: bool = False, before: Any = dataclasses.MISSING) -> Any:
-    """A TrainConfig field: the one place an option is declared.
+    """A config field: the one place an option is declared.
 
     Args:
       default: the default (none: the option is required).
@@ -86,25 +86,22 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
     return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Field defaults are the trainer's defaults, chosen with
-    bench/quality.py (bench/README_quality.md has how and the numbers);
-    `TUTORIAL` holds the TFRS tutorial's values. Each field's help text is its
-    contract; `define_flags` turns every field into a flag of the same name."""
+def _validate(part) -> None:
+    """Checks every option of a config part against its declaration."""
+    for f in dataclasses.fields(part):
+        if f.name in PARTS:  # a part of TrainConfig, validated when it was made
+            continue
+        check, value = f.metadata["check"], getattr(part, f.name)
+        if f.default is dataclasses.MISSING and not value:
+            raise ConfigError(f"--{f.name} is required")
+        if check and not check[0](value):
+            raise ConfigError(f"--{f.name} {check[1]}, got {value!r}")
 
-    data_dir: str = option(help="Beam job output (local path or gs://).")
-    model_dir: str = option(
-        help="Where config.json, metrics.json and (unless the *_dir flags below say "
-        "otherwise) checkpoints/, TensorBoard events and export/ go. Default on Vertex AI: "
-        f"the parent of ${AIP_MODEL_DIR} (the job's baseOutputDirectory).")
-    epochs: int = option(3, "Total epochs (a resumed run trains what is left).",
-                         check=at_least(1))
-    global_batch_size: int = option(2048, "Examples per step, all replicas (per replica: "
-                                    "global / replicas).", check=at_least(1))
-    learning_rate: float = option(
-        0.01, "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a rate "
-        "~batch times the tutorial's summed-loss rate).", check=positive())
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The two towers (trainer/model.py `build_towers` reads this)."""
+
     embedding_dim: int = option(96, "Embedding width (query output).", check=at_least(1),
                                 shape=True)
     gru_units: int = option(
@@ -123,6 +120,28 @@ class TrainConfig:
         "(a skip past the GRU; 0: off).", check=at_least(0), shape=True, before=0)
     mask_padding: bool = option(
         True, "Mask padded context steps (--nomask_padding: like the tutorial).")
+    popularity_prior: float = option(
+        1.0, "Weight b of b * log(label share) added to every score at inference "
+        "(evaluation, export); 0: off.", check=at_least(0))
+    dtype_policy: str = option(
+        "float32", "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
+        "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).",
+        # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other checkpoint
+        # keys): any change is refused rather than half-restored.
+        choices=DTYPE_POLICIES, shape=True, before="float32")
+
+    __post_init__ = _validate
+
+    @property
+    def query_units(self) -> int:
+        """Width of the GRU layers (gru_units, 0 meaning embedding_dim)."""
+        return self.gru_units or self.embedding_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The retrieval task: in-batch softmax over the batch's labels as candidates."""
+
     temperature: float = option(1.0, "Softmax temperature (scores / T).", check=positive())
     negatives: str = option(
         "global", "In-batch negatives from the global batch (all replicas) or per replica.",
@@ -137,20 +156,40 @@ class TrainConfig:
         "sampling; 0: in-batch negatives only). Drawn by TF's seeded RNG, which a checkpoint "
         "does not hold: a resumed run draws other negatives than an uninterrupted one.",
         check=at_least(0))
-    popularity_prior: float = option(
-        1.0, "Weight b of b * log(label share) added to every score at inference "
-        "(evaluation, export); 0: off.", check=at_least(0))
+
+    def __post_init__(self):
+        _validate(self)
+        if self.uniform_negatives and (self.logq_correction or self.remove_accidental_hits):
+            raise ConfigError("--uniform_negatives cannot be combined with --logq_correction "
+                              f"or --remove_accidental_hits, got {self.uniform_negatives!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer and its learning-rate schedule."""
+
     optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS, shape=True)
-    dtype_policy: str = option(
-        "float32", "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
-        "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).",
-        # mixed_float16 wraps the optimizer in a LossScaleOptimizer (other checkpoint
-        # keys): any change is refused rather than half-restored.
-        choices=DTYPE_POLICIES, shape=True, before="float32")
+    learning_rate: float = option(
+        0.01, "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a rate "
+        "~batch times the tutorial's summed-loss rate).", check=positive())
     lr_schedule: str = option("cosine", "Learning-rate decay after the warmup.",
                               choices=LR_SCHEDULES)
     warmup_fraction: float = option(0.05, "Fraction of all steps with a linear warmup.",
                                     check=fraction_below_one())
+
+    __post_init__ = _validate
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """The loop: batches, distribution, checkpoints, evaluation, export."""
+
+    epochs: int = option(3, "Total epochs (a resumed run trains what is left).",
+                         check=at_least(1))
+    global_batch_size: int = option(2048, "Examples per step, all replicas (per replica: "
+                                    "global / replicas).", check=at_least(1))
+    seed: int = option(42, "Seed of weight init and per-epoch shuffles.")
+    shuffle_buffer: int = option(10_000, "Shuffle buffer (examples).", check=at_least(1))
     strategy: str = option("auto", "Distribution strategy.", choices=STRATEGIES)
     virtual_cpu_devices: int = option(
         0, "Split the CPU into N logical devices (replicas) before TF starts.",
@@ -159,13 +198,38 @@ class TrainConfig:
         100, "Checkpoint every N steps as well as at each epoch end (0: epochs only).",
         check=at_least(0))
     keep_checkpoints: int = option(3, "Checkpoints to keep.", check=at_least(1))
-    seed: int = option(42, "Seed of weight init and per-epoch shuffles.")
-    shuffle_buffer: int = option(10_000, "Shuffle buffer (examples).", check=at_least(1))
     eval_batch_size: int = option(2048, "Evaluation batch size.", check=at_least(1))
     eval_every_epoch: bool = option(True, "Evaluate after every epoch.")
     eval_exclude_context: bool = option(
         False, "Evaluation does not rank the movies of the query's own context.")
     export: bool = option(True, "Export a SavedModel at the end (see --export_dir).")
+
+    __post_init__ = _validate
+
+
+# The parts of a TrainConfig, by attribute name.
+PARTS = {"model": ModelConfig, "loss": LossConfig, "optim": OptimizerConfig,
+         "trainer": TrainerConfig}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class TrainConfig:
+    """One training run: where it reads and writes, and its parts (`PARTS`).
+
+    Field defaults are the trainer's defaults, chosen with bench/quality.py
+    (bench/README_quality.md has how, with the numbers); `TUTORIAL` holds the
+    TFRS tutorial's values. Each option's help text is its contract, and its
+    name is its flag's name: options are unique across parts, so a config is
+    also addressed flat, `TrainConfig(data_dir=..., model_dir=...,
+    embedding_dim=64)` or `cfg.replace(epochs=5)`, and read as
+    `cfg.model.embedding_dim`.
+    """
+
+    data_dir: str = option(help="Beam job output (local path or gs://).")
+    model_dir: str = option(
+        help="Where config.json, metrics.json and (unless the *_dir flags below say "
+        "otherwise) checkpoints/, TensorBoard events and export/ go. Default on Vertex AI: "
+        f"the parent of ${AIP_MODEL_DIR} (the job's baseOutputDirectory).")
     checkpoint_dir: str = option(
         "", f"Checkpoints (default: ${AIP_CHECKPOINT_DIR} if set, else MODEL_DIR/checkpoints).")
     tensorboard_dir: str = option(
@@ -173,34 +237,49 @@ class TrainConfig:
         f"${AIP_TENSORBOARD_LOG_DIR} if set, else MODEL_DIR).")
     export_dir: str = option(
         "", f"The SavedModel (default: ${AIP_MODEL_DIR} if set, else MODEL_DIR/export).")
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
 
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            check, value = f.metadata["check"], getattr(self, f.name)
-            if f.default is dataclasses.MISSING and not value:
-                raise ConfigError(f"--{f.name} is required")
-            if check and not check[0](value):
-                raise ConfigError(f"--{f.name} {check[1]}, got {value!r}")
-        if self.uniform_negatives and (self.logq_correction or self.remove_accidental_hits):
-            raise ConfigError("--uniform_negatives cannot be combined with --logq_correction "
-                              f"or --remove_accidental_hits, got {self.uniform_negatives!r}")
+    def __init__(self, data_dir: str | None = None, model_dir: str | None = None, **kwargs):
+        """Takes the directories, parts (model=ModelConfig(...), ...) and/or any
+        option by its flat name; a flat option overrides its part's value."""
+        top = {"data_dir": data_dir, "model_dir": model_dir, "checkpoint_dir": "",
+               "tensorboard_dir": "", "export_dir": ""}
+        parts = {name: kwargs.pop(name, None) or cls() for name, cls in PARTS.items()}
+        for name, value in kwargs.items():
+            if name not in OPTIONS:
+                raise TypeError(f"TrainConfig has no option {name!r}")
+            part = OPTIONS[name][0]
+            if part is None:
+                top[name] = value
+            else:
+                parts[part] = dataclasses.replace(parts[part], **{name: value})
+        for name, value in {**top, **parts}.items():
+            object.__setattr__(self, name, value)
+        _validate(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flag name."""
+        out = {name: getattr(self, name) for name, (part, _) in OPTIONS.items() if part is None}
+        for name in PARTS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Builds a config from a dict, ignoring keys this version does not know."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Builds a config from config.json's dict (nested, or the flat layout of runs
+        saved before the parts existed), ignoring keys this version does not know."""
+        flat = flatten(d)
+        return cls(**{k: v for k, v in flat.items() if k in OPTIONS})
 
     def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def query_units(self) -> int:
-        """Width of the GRU layers (gru_units, 0 meaning embedding_dim)."""
-        return self.gru_units or self.embedding_dim
+        """A copy with options changed, by flat name (or whole parts)."""
+        return TrainConfig(**{**self.flat(), **changes})
 
     @property
     def checkpoints_uri(self) -> str:
@@ -219,16 +298,44 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
+def flatten(d: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json's nested dict -> {flag name: value} (a flat dict is returned as is)."""
+    out = {}
+    for key, value in d.items():
+        if key in PARTS and isinstance(value, Mapping):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _options() -> dict[str, tuple[str | None, dataclasses.Field]]:
+    """{option name: (its part's attribute or None for TrainConfig's own, field)}."""
+    out: dict[str, tuple[str | None, dataclasses.Field]] = {}
+    owners = [(None, TrainConfig)] + list(PARTS.items())
+    for part, cls in owners:
+        for f in dataclasses.fields(cls):
+            if f.name in PARTS:
+                continue
+            assert f.name not in out, f"option {f.name} declared twice"
+            out[f.name] = (part, f)
+    return out
+
+
+# Every option, in declaration order: what the flags, defaults and checks iterate.
+OPTIONS = _options()
+
+
 def defaults() -> dict[str, Any]:
     """Every option with a default, by name: what a run gets when a flag is not given."""
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+    return {name: f.default for name, (_, f) in OPTIONS.items()
             if f.default is not dataclasses.MISSING}
 
 
-# Fields that fix the shape of the model's variables (or of the optimizer's
+# Options that fix the shape of the model's variables (or of the optimizer's
 # slots), and the value each had in runs saved before it existed.
-SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["shape"])
-SHAPE_FIELDS_BEFORE = {f.name: f.metadata["before"] for f in dataclasses.fields(TrainConfig)
+SHAPE_FIELDS = tuple(name for name, (_, f) in OPTIONS.items() if f.metadata["shape"])
+SHAPE_FIELDS_BEFORE = {name: f.metadata["before"] for name, (_, f) in OPTIONS.items()
                        if f.metadata["before"] is not dataclasses.MISSING}
 
 
@@ -250,14 +357,16 @@ PRESETS = {"tutorial": TUTORIAL}
 
 
 def shape_mismatches(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
-    """Human-readable differences in SHAPE_FIELDS between a saved config and this run."""
+    """Human-readable differences in SHAPE_FIELDS between a saved config (config.json's
+    dict, nested or flat) and this run."""
+    saved, now = flatten(saved), current.flat()
     out = []
     for field in SHAPE_FIELDS:
         if field not in saved and field not in SHAPE_FIELDS_BEFORE:
             continue
         value = saved.get(field, SHAPE_FIELDS_BEFORE.get(field))
-        if value != getattr(current, field):
-            out.append(f"--{field}={value} there, --{field}={getattr(current, field)} now")
+        if value != now[field]:
+            out.append(f"--{field}={value} there, --{field}={now[field]} now")
     return out
 
 
@@ -271,8 +380,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     --preset, in `flag_values`; returns their names. Required fields get a None
     default: the missing value is reported by TrainConfig, in one line, like every
     other bad value."""
-    types = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+    for part, f in OPTIONS.values():
+        types = typing.get_type_hints(PARTS[part] if part else TrainConfig)
         default = None if f.default is dataclasses.MISSING else f.default
         if f.metadata["choices"]:
             flags.DEFINE_enum(f.name, default, f.metadata["choices"], f.metadata["help"],
@@ -282,7 +391,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
     flags.DEFINE_enum("preset", None, sorted(PRESETS),
                       "Start from a preset (tutorial: the TFRS tutorial's exact setup); flags "
                       "given explicitly override it.", flag_values=flag_values)
-    return [f.name for f in dataclasses.fields(TrainConfig)] + ["preset"]
+    return list(OPTIONS) + ["preset"]
 
 
 # Where a flag is not given, Vertex AI's variable supplies the value.
@@ -302,9 +411,9 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
     """
     environ = os.environ if environ is None else environ
     values = dict(PRESETS[flag_values["preset"].value]) if flag_values["preset"].value else {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in values or flag_values[f.name].present:
-            values[f.name] = flag_values[f.name].value
+    for name in OPTIONS:
+        if name not in values or flag_values[name].present:
+            values[name] = flag_values[name].value
     for name, var in _FROM_ENVIRONMENT.items():
         if not flag_values[name].present and environ.get(var):
             values[name] = environ[var]

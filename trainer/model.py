@@ -22,6 +22,7 @@ import tensorflow_recommenders as tfrs
 
 from beam_jobs import schema
 from trainer import losses
+from trainer.config import LossConfig, ModelConfig
 
 
 def _lookup(movie_ids: Sequence[int], name: str) -> tf.keras.layers.IntegerLookup:
@@ -48,61 +49,46 @@ def _float32_output(x: tf.Tensor, dtype: tf.keras.mixed_precision.Policy, name: 
 
 def build_towers(
     movie_ids: Sequence[int],
-    embedding_dim: int,
     context_length: int,
+    cfg: ModelConfig,
     *,
-    gru_units: int = 0,
-    gru_layers: int = 1,
-    dropout: float = 0.0,
-    mask_padding: bool = True,
-    share_embeddings: bool = False,
-    normalize: bool = False,
-    last_movies: int = 0,
     log_prior: Sequence[float] | None = None,
-    dtype_policy: str = "float32",
     unroll_gru: bool | None = None,
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
-    """Builds the two towers. Call inside `strategy.scope()` when distributing.
+    """Builds the two towers that `cfg` describes. Call inside `strategy.scope()`
+    when distributing.
 
     Args:
       movie_ids: the vocabulary (raw MovieLens ids, no 0); order fixes the rows.
-      embedding_dim: d, the width of embeddings and of the query output.
       context_length: L, the number of context ids per example.
-      gru_units: width of each GRU layer (0: d). Other than d, a linear
-        projection maps the last state to d.
-      gru_layers: stacked GRU layers.
-      dropout: rate of dropout on the context embeddings and on each GRU
-        layer's output (active only when called with training=True).
-      mask_padding: mask the pad id (row 0) so the GRU skips padded steps.
+      cfg: the towers' options (trainer/config.py ModelConfig: each option's help
+        is its contract). Notes on some of them:
+        embedding_dim d is the width of the embeddings and of the query output.
+        mask_padding masks the pad id (row 0) so the GRU skips padded steps;
         False embeds the pad like a movie, as the TFRS tutorial does.
-      share_embeddings: one [V+2, d] table ("movie_embedding") embeds both the
+        share_embeddings: one [V+2, d] table ("movie_embedding") embeds both the
         context movies and the candidates (weight tying, as SASRec does): the
         two lookups have the same vocabulary in the same order, so row r is the
-        same movie in both towers. Every movie then learns from its ~L
-        appearances in contexts as well as from being a label.
-      last_movies: K > 0: the query output is a linear map of [GRU state,
+        same movie in both towers.
+        last_movies K > 0: the query output is a linear map of [GRU state,
         embeddings of the last K context movies] (zeros where a context is
         shorter): a skip connection past the GRU, so "what follows these
         movies" is a direct bilinear score however narrow the GRU is
         (STAMP-style last-click emphasis). Costs (u + K e) d MACs per query,
         against the GRU's ~3 L u (e + u).
-      normalize: L2-normalise both towers' outputs, so scores are cosines
-        (pair with a temperature well below 1).
+        dtype_policy: the towers' outputs are float32 whatever the policy.
+        popularity_prior is the weight already folded into `log_prior`.
       log_prior: [V] per movie (vocabulary order), added to every score at
         inference only (see popularity_log_prior): both towers get one more
         output column, the candidate's prior and, for the query, 1 at
         inference and 0 in training, so training is unchanged and evaluation,
         export and serving (plain dot products) all include the prior.
-      dtype_policy: Keras dtype policy of the towers' layers: "float32", or
-        "mixed_bfloat16" / "mixed_float16" (float32 variables, 16-bit
-        arithmetic). The towers' outputs are float32 whatever the policy.
       unroll_gru: unroll the GRU over its L steps. None: unroll exactly when
         no GPU is visible. Unrolled, Keras cannot swap in the cuDNN kernel, so
         GPUs keep the loop; on CPU, where there is no cuDNN, the unrolled cell
-        trained 1.1-1.2x faster (fwd+bwd, batch 2048-12800, d 32-192) and
-        traced ~4x faster (0.06 vs 0.24 s): Keras's loop registers a CPU and a
-        cuDNN function with their gradients even for inference, which was most
-        of the first evaluation's tracing time. Same variables either way.
+        trains faster and traces ~4x faster (bench/README_train.md): Keras's
+        loop registers a CPU and a cuDNN function with their gradients even for
+        inference. Same variables either way.
 
     Returns:
       (query_model, candidate_model):
@@ -111,21 +97,21 @@ def build_towers(
         candidate_model: int64 movie ids [B] -> float32 [B, d] ([B, d + 1]).
       Ids not in `movie_ids` share one out-of-vocabulary row.
     """
-    units = gru_units or embedding_dim
+    embedding_dim, units = cfg.embedding_dim, cfg.query_units
     if unroll_gru is None:
         unroll_gru = not tf.config.list_logical_devices("GPU")
-    dtype = tf.keras.mixed_precision.Policy(dtype_policy)
+    dtype = tf.keras.mixed_precision.Policy(cfg.dtype_policy)
     context = tf.keras.Input(shape=(context_length,), dtype=tf.int64, name=schema.CONTEXT_MOVIE_ID)
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
-    if share_embeddings:
+    if cfg.share_embeddings:
         # No mask_zero on a shared table: the candidate tower's output would
         # carry a Keras mask. The GRU gets the same mask explicitly instead.
         table = tf.keras.layers.Embedding(
             lookup.vocabulary_size(), embedding_dim, name="movie_embedding", dtype=dtype)
         x = table(rows)
         mask = (tf.keras.layers.Lambda(lambda r: tf.not_equal(r, 0), name="pad_mask")(rows)
-                if mask_padding else None)
+                if cfg.mask_padding else None)
     else:
         # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
         # final state is the state after the last real movie (contexts are
@@ -133,32 +119,32 @@ def build_towers(
         # state after several "pad movie" steps, which blurs what came last.
         table = None
         x = tf.keras.layers.Embedding(
-            lookup.vocabulary_size(), embedding_dim, mask_zero=mask_padding, name="query_embedding",
+            lookup.vocabulary_size(), embedding_dim, mask_zero=cfg.mask_padding, name="query_embedding",
             dtype=dtype)(rows)
         mask = None  # mask_zero carries it
     embedded = x
-    if dropout:
-        x = tf.keras.layers.Dropout(dropout, name="query_embedding_dropout", dtype=dtype)(x)
-    for i in range(gru_layers):
-        last = i == gru_layers - 1
+    if cfg.dropout:
+        x = tf.keras.layers.Dropout(cfg.dropout, name="query_embedding_dropout", dtype=dtype)(x)
+    for i in range(cfg.gru_layers):
+        last = i == cfg.gru_layers - 1
         # Layer names stay "query_gru" for one layer so older checkpoints and
         # tests that look the layer up keep working.
-        name = "query_gru" if gru_layers == 1 else f"query_gru_{i}"
+        name = "query_gru" if cfg.gru_layers == 1 else f"query_gru_{i}"
         gru = tf.keras.layers.GRU(units, return_sequences=not last, name=name, unroll=unroll_gru,
                                   dtype=dtype)
         # An explicit mask (shared table) is given to the first layer; Keras
         # propagates it to the next ones like an Embedding's mask_zero mask.
         x = gru(x, mask=mask) if (i == 0 and mask is not None) else gru(x)
-        if dropout and not last:
-            x = tf.keras.layers.Dropout(dropout, name=f"{name}_dropout", dtype=dtype)(x)
-    if last_movies:
+        if cfg.dropout and not last:
+            x = tf.keras.layers.Dropout(cfg.dropout, name=f"{name}_dropout", dtype=dtype)(x)
+    if cfg.last_movies:
         x = tf.keras.layers.Concatenate(name="query_state_and_last_movies", dtype=dtype)(
-            [x, LastMovies(last_movies, name="last_movies", dtype=dtype)(embedded, rows)])
-    if units != embedding_dim or last_movies:
+            [x, LastMovies(cfg.last_movies, name="last_movies", dtype=dtype)(embedded, rows)])
+    if units != embedding_dim or cfg.last_movies:
         x = tf.keras.layers.Dense(embedding_dim, name="query_projection", dtype=dtype)(x)
     # Normalisation and the prior column run in float32 (after this cast).
     x = _float32_output(x, dtype, "query_output")
-    if normalize:
+    if cfg.normalize:
         x = tf.keras.layers.UnitNormalization(name="query_normalize")(x)
     if log_prior is not None:
         x = InferenceOnes(name="query_prior_weight")(x)
@@ -171,7 +157,7 @@ def build_towers(
         table = tf.keras.layers.Embedding(
             lookup.vocabulary_size(), embedding_dim, name="candidate_embedding", dtype=dtype)
     candidate = _float32_output(table(rows), dtype, "candidate_output")
-    if normalize:
+    if cfg.normalize:
         candidate = tf.keras.layers.UnitNormalization(name="candidate_normalize")(candidate)
     if log_prior is not None:
         prior = np.asarray(log_prior, np.float32).reshape(-1)
@@ -302,37 +288,38 @@ class SequentialRetrievalModel(tfrs.Model):
         query_model: tf.keras.Model,
         candidate_model: tf.keras.Model,
         global_batch_size: int,
+        loss: LossConfig | None = None,
         *,
-        negatives: str = "global",
-        temperature: float = 1.0,
-        remove_accidental_hits: bool = False,
         movie_ids: Sequence[int] | None = None,
         sampling_probability: Sequence[float] | None = None,
         sparse_loss: bool = True,
-        uniform_negatives: int = 0,
         **kwargs,
     ):
         """Args:
           query_model, candidate_model: from build_towers.
           global_batch_size: examples per step over all replicas (loss scale).
-          negatives: "global" or "per_replica".
-          temperature: scores are divided by it (1: TFRS's default, none).
-          remove_accidental_hits: another example of the batch with the same
-            label movie is not a negative (TFRS remove_accidental_hits).
-          movie_ids, sampling_probability: [V] each, aligned; when given, each
-            in-batch candidate's logit is corrected by -log(probability)
-            (see sampling_probabilities).
-          sparse_loss: compute the same loss without labels or the [b, c]
-            score matrix (trainer/losses.py, blocked) instead of TFRS's dense
-            [b, c] one-hot labels: a training process at batch 12800 on 1M
-            ratings peaked at 942 MB vs 7,070 MB with them (bench.scale,
-            bench/README_train.md); False (or
-            remove_accidental_hits) uses tfrs.tasks.Retrieval itself.
-          uniform_negatives: N > 0: each step also scores every query against
+          loss: the in-batch softmax's options (trainer/config.py LossConfig;
+            default: plain in-batch softmax with global negatives). Notes:
+            negatives is "global" or "per_replica"; temperature divides the
+            scores (1: TFRS's default, none); remove_accidental_hits: another
+            example of the batch with the same label movie is not a negative;
+            uniform_negatives N > 0: each step also scores every query against
             N movies drawn uniformly from movie_ids (mixed negative sampling,
             Yang et al. 2020): in-batch negatives are drawn by popularity, so
             rare movies are almost never pushed down and leak into top-k.
+          movie_ids, sampling_probability: [V] each, aligned; when given, each
+            in-batch candidate's logit is corrected by -log(probability)
+            (see sampling_probabilities; loss.logq_correction is its weight).
+          sparse_loss: compute the same loss without labels or the [b, c]
+            score matrix (trainer/losses.py, blocked) instead of TFRS's dense
+            [b, c] one-hot labels (bench/README_train.md has the memory
+            measured); False (or remove_accidental_hits) uses
+            tfrs.tasks.Retrieval itself.
         """
+        loss = loss or LossConfig()
+        negatives, temperature = loss.negatives, loss.temperature
+        remove_accidental_hits, uniform_negatives = (loss.remove_accidental_hits,
+                                                     loss.uniform_negatives)
         super().__init__(**kwargs)
         if negatives not in ("global", "per_replica"):
             raise ValueError(f"negatives must be 'global' or 'per_replica', got {negatives!r}")

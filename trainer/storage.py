@@ -4,7 +4,8 @@ TensorFlow's gs:// filesystem handles a bad model_dir badly: with a missing buck
 tf.io.gfile.makedirs and CheckpointManager.save never return (TF 2.21, measured
 against the emulator: ~240 bucket lookups a second, forever), and transient-looking
 errors are retried for minutes before surfacing deep inside a save. The trainer calls
-`preflight(uri, need_write)` on its data_dir (read) and model_dir (write) first:
+`preflight(uri, need_write)` on a gs:// data_dir (read) and on every output
+directory (write) first, before any replica or worker starts:
 for gs:// it asks google-cloud-storage, with bounded timeouts and retries, to
 list the prefix (read) or to write and delete a small probe object under it
 (write, which is what checkpointing needs: CheckpointManager deletes old
@@ -38,22 +39,29 @@ def split_gcs_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def preflight(uri: str, need_write: bool, timeout: float = 30.0) -> None:
-    """Checks that `uri` (a local path or gs://bucket/prefix) is usable.
+def preflight(uri: str, need_write: bool, timeout: float = 30.0, flag: str = "") -> None:
+    """Checks that `uri` (a local path or gs://bucket/prefix) is usable: the one
+    writability probe of the trainer.
 
     Args:
-      uri: the data_dir or model_dir as given on the command line.
+      uri: the data_dir or an output directory as given on the command line.
       need_write: also check that objects/files can be created and deleted there.
       timeout: upper bound in seconds for the whole gs:// check, retries included.
+      flag: the flag that gave `uri`; the error then starts with "--flag=uri: ".
     Raises:
       StorageError: naming the URI (and bucket) and the likely cause.
     """
-    if uri.startswith(GCS_SCHEME):
-        _preflight_gcs(uri, need_write, timeout)
-    elif "://" in uri:
-        raise StorageError(f"{uri!r}: only local paths and gs://BUCKET/PREFIX are supported")
-    else:
-        _preflight_local(uri, need_write)
+    try:
+        if uri.startswith(GCS_SCHEME):
+            _preflight_gcs(uri, need_write, timeout)
+        elif "://" in uri:
+            raise StorageError(f"{uri!r}: only local paths and gs://BUCKET/PREFIX are supported")
+        else:
+            _preflight_local(uri, need_write)
+    except StorageError as e:
+        if not flag:
+            raise
+        raise StorageError(f"--{flag}={uri}: {e}") from e.__cause__
 
 
 # ---------------------------------------------------------------------------- gs://

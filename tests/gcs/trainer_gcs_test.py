@@ -80,7 +80,7 @@ def test_missing_bucket_is_refused_before_any_tf_gcs_call(gcs_emulator, gcs_buck
     # the subprocess timeout is the bound.
     proc = util.run_trainer(gcs_emulator, util.train_flags(data_dir, model_dir), timeout=90)
     assert proc.returncode == 2, proc.stderr[-4000:]
-    assert (f"error: cannot list {missing}: "
+    assert (f"error: --{which}={missing}: cannot list {missing}: "
             "bucket gs://seqrec-no-such-bucket does not exist") in proc.stderr
     # No TF (TLS) request ever named the missing bucket: the preflight came first.
     tf_calls = [r for r in gcs_emulator.front.requests[before:]

@@ -4,7 +4,9 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import schema
-from trainer import distribute, model, train
+from tests.trainer.towers import tower_cfg
+from trainer import distribute, model, task
+from trainer.config import LossConfig
 
 B, L, D, LR = 16, 5, 8, 0.5
 MOVIES = list(range(101, 131))  # 30 raw ids
@@ -25,10 +27,10 @@ def _half(features, r):
 
 
 def _build(global_batch):
-    q, c = model.build_towers(MOVIES, D, L)
+    q, c = model.build_towers(MOVIES, L, tower_cfg(D))
     # Per-replica negatives (TFRS's own behaviour): each half is its own
     # softmax. negatives_test.py covers the global mode.
-    m = model.SequentialRetrievalModel(q, c, global_batch, negatives="per_replica")
+    m = model.SequentialRetrievalModel(q, c, global_batch, loss=LossConfig(negatives="per_replica"))
     m({k: v[:1] for k, v in _features().items()})
     return m
 
@@ -59,7 +61,7 @@ def test_two_replicas_apply_the_mean_of_the_halves_gradients():
     # Replica r receives half r.
     inputs = strategy.experimental_distribute_values_from_function(
         lambda ctx: _half(features, ctx.replica_id_in_sync_group))
-    replica_step = train.make_replica_step(replicated, optimizer)
+    replica_step = task.make_replica_step(replicated, optimizer)
     per_replica = tf.function(lambda x: strategy.run(replica_step, args=(x,)))(inputs)
     replica_losses = [t.numpy() for t in strategy.experimental_local_results(per_replica)]
 

@@ -7,26 +7,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from beam_jobs import schema
+from tests.trainer.towers import hand_towers, tower_cfg
 from trainer import evaluate, model
-
-
-def hand_towers(query_table, candidate_table, context_length=3):
-    """Towers with embeddings set by hand (rows indexed by raw id).
-
-    query_model: context [B, L] -> query_table[context[:, 0]] (the first movie
-    alone decides the query, so queries can be written down directly).
-    candidate_model: ids [B] -> candidate_table[ids].
-    """
-    query_table = np.asarray(query_table, np.float32)
-    candidate_table = np.asarray(candidate_table, np.float32)
-    context = tf.keras.Input(shape=(context_length,), dtype=tf.int64)
-    first = tf.keras.layers.Lambda(lambda c: c[:, 0])(context)
-    q_emb = tf.keras.layers.Embedding(*query_table.shape, weights=[query_table])
-    query_model = tf.keras.Model(context, q_emb(first))
-    movie = tf.keras.Input(shape=(), dtype=tf.int64)
-    c_emb = tf.keras.layers.Embedding(*candidate_table.shape, weights=[candidate_table])
-    candidate_model = tf.keras.Model(movie, c_emb(movie))
-    return query_model, candidate_model
 
 
 def batches(contexts, labels, batch_size=2):
@@ -177,11 +159,11 @@ def test_real_towers_under_mirrored_strategy():
     vocab = list(range(1, 60))
     data = _random_data(vocab)
     tf.keras.utils.set_random_seed(1)
-    plain = evaluate.evaluate_retrieval(*model.build_towers(vocab, 8, 5), data, vocab)
+    plain = evaluate.evaluate_retrieval(*model.build_towers(vocab, 5, tower_cfg(8)), data, vocab)
     tf.keras.utils.set_random_seed(1)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        towers = model.build_towers(vocab, 8, 5)
+        towers = model.build_towers(vocab, 5, tower_cfg(8))
         inside = evaluate.evaluate_retrieval(*towers, data, vocab)
     outside = evaluate.evaluate_retrieval(*towers, data, vocab)
     assert inside == pytest.approx(plain, abs=1e-9)
@@ -192,7 +174,7 @@ def test_real_towers_under_mirrored_strategy():
 def test_candidate_embeddings_not_cached():
     vocab = list(range(1, 60))
     data = _random_data(vocab)
-    query_model, candidate_model = model.build_towers(vocab, 8, 5)
+    query_model, candidate_model = model.build_towers(vocab, 5, tower_cfg(8))
     before = evaluate.evaluate_retrieval(query_model, candidate_model, data, vocab)
     table = candidate_model.get_layer("candidate_embedding")
     table.set_weights([w[::-1] for w in table.get_weights()])  # reverse the rows
@@ -256,7 +238,7 @@ def test_later_calls_reuse_the_trace_and_read_current_weights():
     # the traced function is reused across calls; it must still see new
     # weights of BOTH towers and work on another dataset of the same spec.
     vocab = list(range(1, 60))
-    query_model, candidate_model = model.build_towers(vocab, 8, 5)
+    query_model, candidate_model = model.build_towers(vocab, 5, tower_cfg(8))
     first = evaluate.evaluate_retrieval(query_model, candidate_model, _random_data(vocab), vocab)
     (run,) = [f for k, f in evaluate._TRACED.items() if k[0] == id(query_model)]
     assert run.experimental_get_tracing_count() == 1

@@ -6,29 +6,8 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import schema
+from tests.trainer.towers import hand_towers, tower_cfg
 from trainer import export, model
-
-
-def hand_towers(query_vectors, candidate_vectors, context_length=3):
-    """Towers with embeddings set by hand, keyed by raw movie id.
-
-    query_model: context [B, L] -> query_vectors[context[:, 0]] (the first
-    movie alone decides the query). candidate_model: ids -> candidate_vectors[id].
-    Ids without a vector embed to zeros.
-    """
-
-    def table(vectors):
-        rows = np.zeros([max(vectors) + 1, len(next(iter(vectors.values())))], np.float32)
-        for movie_id, vector in vectors.items():
-            rows[movie_id] = vector
-        return tf.keras.layers.Embedding(*rows.shape, weights=[rows])
-
-    context = tf.keras.Input(shape=(context_length,), dtype=tf.int64)
-    first = tf.keras.layers.Lambda(lambda c: c[:, 0])(context)
-    query_model = tf.keras.Model(context, table(query_vectors)(first))
-    movie = tf.keras.Input(shape=(), dtype=tf.int64)
-    candidate_model = tf.keras.Model(movie, table(candidate_vectors)(movie))
-    return query_model, candidate_model
 
 
 def write_vocab(path, movie_ids):
@@ -103,7 +82,7 @@ def test_asset_found_after_move(hand_export):
 
 def test_real_towers_match_brute_force(tmp_path):
     vocab = list(range(1, 50))
-    query_model, candidate_model = model.build_towers(vocab, 8, 4)
+    query_model, candidate_model = model.build_towers(vocab, 4, tower_cfg(8))
     path = export.export_model(
         query_model, candidate_model, vocab, str(tmp_path / "e"), write_vocab(tmp_path / "v", vocab),
         k=100,
@@ -134,7 +113,7 @@ def test_export_under_mirrored_strategy(tmp_path):
     vocab = list(range(1, 30))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        query_model, candidate_model = model.build_towers(vocab, 4, 4)
+        query_model, candidate_model = model.build_towers(vocab, 4, tower_cfg(4))
         path = export.export_model(
             query_model, candidate_model, vocab, str(tmp_path / "e"),
             write_vocab(tmp_path / "v", vocab), k=5,

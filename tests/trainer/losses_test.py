@@ -4,7 +4,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tests.trainer.towers import tower_cfg
 from trainer import losses
+from trainer.config import LossConfig
 
 
 def _loss_and_grads(fn, query, candidate):
@@ -94,10 +96,10 @@ def test_model_losses_same_with_sparse_or_tfrs_loss(temperature):
     features = {schema.CONTEXT_MOVIE_ID: tf.constant(rng.choice(vocab, (16, 5)), tf.int64),
                 schema.LABEL_MOVIE_ID: tf.constant(rng.choice(vocab, 16), tf.int64)}
     tf.keras.utils.set_random_seed(3)
-    towers = model.build_towers(vocab, 8, 5)
+    towers = model.build_towers(vocab, 5, tower_cfg(8))
     got = {}
     for sparse in (True, False):
-        m = model.SequentialRetrievalModel(*towers, 16, temperature=temperature, sparse_loss=sparse)
+        m = model.SequentialRetrievalModel(*towers, 16, sparse_loss=sparse, loss=LossConfig(temperature=temperature))
         with tf.GradientTape() as tape:
             scaled, mean = m.compute_losses(features, training=True)
         grads = tape.gradient(scaled, m.trainable_variables)

@@ -6,12 +6,16 @@ both replicas (all_gather), so the loss and the update must be exactly those
 of one device training on the whole batch. negatives="per_replica" (TFRS's own
 behaviour) is covered by distribute_test.py.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from beam_jobs import schema
-from trainer import distribute, model, train
+from tests.trainer.towers import tower_cfg
+from trainer import distribute, model, task
+from trainer.config import LossConfig
 
 B, L, D, LR = 16, 5, 8, 0.5
 MOVIES = list(range(101, 131))  # 30 raw ids
@@ -38,14 +42,15 @@ def _half(features, r):
 VARIANTS = {
     "plain": {},
     "logq_hits_temperature": dict(
-        remove_accidental_hits=True, temperature=0.5, movie_ids=MOVIES,
+        loss=LossConfig(remove_accidental_hits=True, temperature=0.5), movie_ids=MOVIES,
         sampling_probability=model.sampling_probabilities(COUNTS)),
 }
 
 
-def _build(negatives, **kw):
-    q, c = model.build_towers(MOVIES, D, L)
-    m = model.SequentialRetrievalModel(q, c, B, negatives=negatives, **kw)
+def _build(negatives, loss=None, **kw):
+    q, c = model.build_towers(MOVIES, L, tower_cfg(D))
+    loss = dataclasses.replace(loss or LossConfig(), negatives=negatives)
+    m = model.SequentialRetrievalModel(q, c, B, loss, **kw)
     m({k: v[:1] for k, v in _features().items()})
     return m
 
@@ -63,7 +68,7 @@ def _step_on_two_replicas(negatives, features, weights, **kw):
         optimizer.build(m.trainable_variables)
     inputs = strategy.experimental_distribute_values_from_function(
         lambda ctx: _half(features, ctx.replica_id_in_sync_group))
-    step = train.make_replica_step(m, optimizer)
+    step = task.make_replica_step(m, optimizer)
     per_replica = tf.function(lambda x: strategy.run(step, args=(x,)))(inputs)
     losses = [float(t) for t in strategy.experimental_local_results(per_replica)]
     after = [[t.numpy() for t in strategy.experimental_local_results(v)]

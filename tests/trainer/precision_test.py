@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from tests.trainer import datadir
-from trainer import checkpoints, model, train
+from tests.trainer.towers import tower_cfg
+from trainer import checkpoints, loop, model, task
 from trainer.config import ConfigError, TrainConfig
 
 MOVIES = list(range(1, 41))
@@ -33,8 +34,8 @@ def _same_weights(src, dst):
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_towers_compute_in_16_bits_and_output_float32(policy):
     tf.keras.utils.set_random_seed(0)
-    q32, c32 = model.build_towers(MOVIES, 16, 6)
-    q16, c16 = model.build_towers(MOVIES, 16, 6, dtype_policy=policy)
+    q32, c32 = model.build_towers(MOVIES, 6, tower_cfg(16))
+    q16, c16 = model.build_towers(MOVIES, 6, tower_cfg(16, dtype_policy=policy))
     _same_weights(q32, q16)
     _same_weights(c32, c16)
     gru = q16.get_layer("query_gru")
@@ -51,7 +52,7 @@ def test_towers_compute_in_16_bits_and_output_float32(policy):
 
 
 def test_float32_towers_have_no_extra_output_layer():
-    q, c = model.build_towers(MOVIES, 8, 6)
+    q, c = model.build_towers(MOVIES, 6, tower_cfg(8))
     names = {layer.name for layer in q.layers + c.layers}
     assert not names & {"query_output", "candidate_output"}
 
@@ -59,8 +60,8 @@ def test_float32_towers_have_no_extra_output_layer():
 def test_gru_unrolled_on_cpu_equals_the_loop():
     # No GPU here: the default unrolls; the loop (cuDNN-swappable) is the same math.
     tf.keras.utils.set_random_seed(1)
-    unrolled, _ = model.build_towers(MOVIES, 16, 6)
-    loop, _ = model.build_towers(MOVIES, 16, 6, unroll_gru=False)
+    unrolled, _ = model.build_towers(MOVIES, 6, tower_cfg(16))
+    loop, _ = model.build_towers(MOVIES, 6, tower_cfg(16), unroll_gru=False)
     assert unrolled.get_layer("query_gru").unroll is True
     assert loop.get_layer("query_gru").unroll is False
     _same_weights(unrolled, loop)
@@ -72,8 +73,8 @@ def test_gru_unrolled_on_cpu_equals_the_loop():
 def test_float16_optimizer_is_loss_scaled():
     cfg = TrainConfig(data_dir="d", model_dir="m", dtype_policy="mixed_float16",
                       lr_schedule="constant", warmup_fraction=0.0)
-    assert isinstance(train.make_optimizer(cfg), tf.keras.mixed_precision.LossScaleOptimizer)
-    assert not isinstance(train.make_optimizer(cfg.replace(dtype_policy="mixed_bfloat16")),
+    assert isinstance(task.make_optimizer(cfg), tf.keras.mixed_precision.LossScaleOptimizer)
+    assert not isinstance(task.make_optimizer(cfg.replace(dtype_policy="mixed_bfloat16")),
                           tf.keras.mixed_precision.LossScaleOptimizer)
 
 
@@ -96,14 +97,14 @@ def test_trains_in_16_bits_on_two_replicas(data_dir, tmp_path, policy):
                       global_batch_size=60, learning_rate=0.05, embedding_dim=16,
                       dtype_policy=policy, strategy="auto", eval_batch_size=64,
                       eval_every_epoch=False, checkpoint_every_steps=0)
-    metrics = train.run(cfg)
+    metrics = loop.run(cfg)
     assert metrics["test"]["top_10"] > metrics["popularity"]["top_10"] + 0.2
     with open(os.path.join(str(tmp_path), "config.json")) as f:
-        assert json.load(f)["dtype_policy"] == policy
+        assert json.load(f)["model"]["dtype_policy"] == policy
     # The export serves float32 scores.
     loaded = tf.saved_model.load(os.path.join(str(tmp_path), "export"))
     out = loaded.signatures["serving_default"](context_movie_id=_contexts(4, 10))
     assert out["scores"].dtype == tf.float32
     with pytest.raises(checkpoints.ModelDirError,
                        match=f"--dtype_policy={policy} there, --dtype_policy=float32 now"):
-        train.run(cfg.replace(dtype_policy="float32", epochs=4))
+        loop.run(cfg.replace(dtype_policy="float32", epochs=4))

@@ -14,15 +14,17 @@ import tensorflow as tf
 
 from beam_jobs import schema
 from tests.trainer import cli, datadir
-from trainer import checkpoints, config, data, evaluate, model, schedules, train
-from trainer.config import ConfigError, TrainConfig
+from tests.trainer.towers import tower_cfg
+from trainer import checkpoints, config, data, evaluate, loop, model, schedules, task
+from trainer.config import ConfigError, LossConfig, TrainConfig
 
 MOVIES = [3, 10, 17, 24, 31]
 
 
-def _zero_scores_model(labels, **kw):
-    q, c = model.build_towers(MOVIES, 8, 3)
-    m = model.SequentialRetrievalModel(q, c, global_batch_size=len(labels), **kw)
+def _zero_scores_model(labels, movie_ids=None, sampling_probability=None, **loss):
+    q, c = model.build_towers(MOVIES, 3, tower_cfg(8))
+    m = model.SequentialRetrievalModel(q, c, len(labels), LossConfig(**loss), movie_ids=movie_ids,
+                                       sampling_probability=sampling_probability)
     features = {
         schema.CONTEXT_MOVIE_ID: tf.constant([[3, 0, 0]] * len(labels), tf.int64),
         schema.LABEL_MOVIE_ID: tf.constant(labels, tf.int64),
@@ -72,8 +74,8 @@ def test_remove_accidental_hits_by_hand():
 def test_temperature_divides_the_scores():
     # loss_i = logsumexp_j(s_ij / T) - s_ii / T with s = query @ candidate^T.
     tf.keras.utils.set_random_seed(3)
-    q, c = model.build_towers(MOVIES, 8, 3)
-    m = model.SequentialRetrievalModel(q, c, global_batch_size=3, temperature=0.25)
+    q, c = model.build_towers(MOVIES, 3, tower_cfg(8))
+    m = model.SequentialRetrievalModel(q, c, global_batch_size=3, loss=LossConfig(temperature=0.25))
     features = {schema.CONTEXT_MOVIE_ID: tf.constant([[3, 0, 0], [10, 3, 0], [24, 0, 0]], tf.int64),
                 schema.LABEL_MOVIE_ID: tf.constant([10, 17, 31], tf.int64)}
     query, cand = (t.numpy().astype(np.float64) for t in m(features))
@@ -86,15 +88,15 @@ def test_unmasked_padding_is_embedded_like_a_movie():
     # mask_padding=False (the tutorial): the pads are GRU steps, so [a, b, 0, 0]
     # is NOT the 2-step context [a, b] (with the mask it is: model_test.py).
     tf.keras.utils.set_random_seed(0)
-    q4, _ = model.build_towers(MOVIES, 8, 4, mask_padding=False)
-    q2, _ = model.build_towers(MOVIES, 8, 2, mask_padding=False)
+    q4, _ = model.build_towers(MOVIES, 4, tower_cfg(8, mask_padding=False))
+    q2, _ = model.build_towers(MOVIES, 2, tower_cfg(8, mask_padding=False))
     q2.set_weights(q4.get_weights())
     padded = q4(tf.constant([[3, 10, 0, 0]], tf.int64))
     assert not np.allclose(padded, q2(tf.constant([[3, 10]], tf.int64)), atol=1e-4)
 
 
 def test_stacked_gru_projection_and_dropout():
-    q, _ = model.build_towers(MOVIES, 8, 4, gru_units=12, gru_layers=2, dropout=0.5)
+    q, _ = model.build_towers(MOVIES, 4, tower_cfg(8, gru_units=12, gru_layers=2, dropout=0.5))
     x = tf.constant([[3, 10, 0, 0], [17, 24, 31, 3]], tf.int64)
     assert q(x).shape == (2, 8)  # 12-unit GRUs projected to d = 8
     assert [w.shape for w in q.get_layer("query_projection").get_weights()] == [(12, 8), (8,)]
@@ -116,9 +118,9 @@ def test_warmup_then_cosine_and_linear_decay():
                                [0.5, 1.0, 1.0, 0.5, 0.25, 0.0, 0.0], atol=1e-6)
     # The tutorial's constant rate stays a plain float (exact-tutorial Adagrad).
     cfg = TrainConfig(data_dir="-", model_dir="-", lr_schedule="constant", warmup_fraction=0.0)
-    assert train.learning_rate(cfg, 100) == cfg.learning_rate
+    assert task.learning_rate(cfg.optim, 100) == cfg.optim.learning_rate
     cfg = cfg.replace(lr_schedule="linear", warmup_fraction=0.1, learning_rate=0.5)
-    lr = train.learning_rate(cfg, 100)
+    lr = task.learning_rate(cfg.optim, 100)
     assert (lr.warmup, lr.total, lr.decay) == (10, 100, "linear")
 
 
@@ -139,7 +141,7 @@ def test_quality_options_train_on_two_replicas(data_dir, tmp_path):
                       remove_accidental_hits=True, temperature=0.5, lr_schedule="cosine",
                       warmup_fraction=0.1, checkpoint_every_steps=0, eval_every_epoch=False,
                       export=False, shuffle_buffer=500, strategy="auto")
-    results = train.run(cfg)
+    results = loop.run(cfg)
     assert results["test"]["top_10"] > results["popularity"]["top_10"] + 0.2, results
 
 
@@ -150,7 +152,7 @@ def test_cli_preset_overrides_and_eval_exclude_context(data_dir, tmp_path):
                    "--eval_exclude_context", "--noexport", "--checkpoint_every_steps=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(model_dir, "config.json")) as f:
-        saved = json.load(f)
+        saved = config.flatten(json.load(f))
     # From the preset ...
     assert (saved["optimizer"], saved["learning_rate"], saved["mask_padding"],
             saved["negatives"]) == ("adagrad", 0.1, False, "per_replica")
@@ -170,7 +172,7 @@ def test_cli_preset_overrides_and_eval_exclude_context(data_dir, tmp_path):
 
 def test_shared_embeddings_are_one_table_serving_both_towers():
     tf.keras.utils.set_random_seed(1)
-    q, c = model.build_towers(MOVIES, 8, 4, share_embeddings=True)
+    q, c = model.build_towers(MOVIES, 4, tower_cfg(8, share_embeddings=True))
     names = lambda m: sorted(v.name for v in m.trainable_variables)  # noqa: E731
     tables = [n for n in names(q) if "embedding" in n]
     assert tables == ["movie_embedding/embeddings:0"] == names(c)
@@ -186,24 +188,24 @@ def test_shared_embeddings_are_one_table_serving_both_towers():
     assert not np.allclose(q(tf.constant([[17, 0, 0, 0]], tf.int64)), before)
     # The pad is still masked (explicit mask instead of mask_zero): [a, b, 0, 0]
     # is the 2-step context [a, b] ...
-    q2, _ = model.build_towers(MOVIES, 8, 2, share_embeddings=True)
+    q2, _ = model.build_towers(MOVIES, 2, tower_cfg(8, share_embeddings=True))
     q2.set_weights(q.get_weights())
     padded = q(tf.constant([[3, 10, 0, 0]], tf.int64))
     np.testing.assert_allclose(padded, q2(tf.constant([[3, 10]], tf.int64)), rtol=1e-6)
     # ... unless --nomask_padding.
-    qu, _ = model.build_towers(MOVIES, 8, 4, share_embeddings=True, mask_padding=False)
-    qu2, _ = model.build_towers(MOVIES, 8, 2, share_embeddings=True, mask_padding=False)
+    qu, _ = model.build_towers(MOVIES, 4, tower_cfg(8, share_embeddings=True, mask_padding=False))
+    qu2, _ = model.build_towers(MOVIES, 2, tower_cfg(8, share_embeddings=True, mask_padding=False))
     qu2.set_weights(qu.get_weights())
     assert not np.allclose(qu(tf.constant([[3, 10, 0, 0]], tf.int64)),
                            qu2(tf.constant([[3, 10]], tf.int64)), atol=1e-4)
     # Separate tables (the flag off): two variables.
-    q, c = model.build_towers(MOVIES, 8, 4)
+    q, c = model.build_towers(MOVIES, 4, tower_cfg(8))
     assert [n for n in names(q) if "embedding" in n] == ["query_embedding/embeddings:0"]
     assert names(c) == ["candidate_embedding/embeddings:0"]
 
 
 def test_normalize_gives_unit_outputs():
-    q, c = model.build_towers(MOVIES, 8, 4, gru_units=5, normalize=True)
+    q, c = model.build_towers(MOVIES, 4, tower_cfg(8, gru_units=5, normalize=True))
     np.testing.assert_allclose(np.linalg.norm(q(tf.constant([[3, 10, 0, 0]], tf.int64)), axis=1),
                                1, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(c(tf.constant([3, 999], tf.int64)), axis=1),
@@ -217,7 +219,7 @@ def test_share_flag_is_a_shape_field():
     assert config.shape_mismatches({"share_embeddings": False}, cfg) == [
         "--share_embeddings=False there, --share_embeddings=True now"]
     # A config.json from before the flag existed had two tables.
-    assert config.shape_mismatches({"embedding_dim": cfg.embedding_dim}, cfg) == [
+    assert config.shape_mismatches({"embedding_dim": cfg.model.embedding_dim}, cfg) == [
         "--share_embeddings=False there, --share_embeddings=True now"]
     assert config.shape_mismatches({}, cfg.replace(share_embeddings=False)) == []
     assert config.shape_mismatches({}, cfg.replace(share_embeddings=False, last_movies=2)) == [
@@ -232,11 +234,11 @@ def test_shared_run_exports_the_prior_and_refuses_a_mismatched_resume(data_dir, 
                       embedding_dim=8, gru_units=4, share_embeddings=True, last_movies=2,
                       popularity_prior=1.0, checkpoint_every_steps=0, eval_every_epoch=False,
                       shuffle_buffer=500, strategy="auto")
-    train.run(cfg)
+    loop.run(cfg)
     # The export serves the shared table's rows as candidates, plus the prior:
     # score = query . row + log q(movie).
     info = data.load_data_dir(data_dir)
-    m, _ = train.build(info, cfg, tf.distribute.get_strategy())
+    m, _ = task.RetrievalTask(info, cfg).build_model(tf.distribute.get_strategy())
     tf.train.Checkpoint(model=m).restore(checkpoints.latest(cfg.checkpoints_uri)).expect_partial()
     context = tf.constant([[10, 17, 24] + [0] * (info.context_length - 3)], tf.int64)
     served = tf.saved_model.load(os.path.join(cfg.model_dir, "export")).signatures[
@@ -250,7 +252,7 @@ def test_shared_run_exports_the_prior_and_refuses_a_mismatched_resume(data_dir, 
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(checkpoints.ModelDirError,
                        match="--share_embeddings=True there, --share_embeddings=False now"):
-        train.run(cfg.replace(share_embeddings=False))
+        loop.run(cfg.replace(share_embeddings=False))
 
 
 def test_popularity_log_prior_by_hand():
@@ -268,11 +270,11 @@ def test_popularity_prior_changes_inference_scores_only():
     features = {schema.CONTEXT_MOVIE_ID: tf.constant([[3, 0, 0], [10, 3, 0], [24, 0, 0]], tf.int64),
                 schema.LABEL_MOVIE_ID: tf.constant([10, 17, 31], tf.int64)}
     tf.keras.utils.set_random_seed(4)
-    plain = model.SequentialRetrievalModel(*model.build_towers(MOVIES, 8, 3), global_batch_size=3)
+    plain = model.SequentialRetrievalModel(*model.build_towers(MOVIES, 3, tower_cfg(8)), global_batch_size=3)
     plain(features)
     tf.keras.utils.set_random_seed(4)
     with_prior = model.SequentialRetrievalModel(
-        *model.build_towers(MOVIES, 8, 3, log_prior=prior), global_batch_size=3)
+        *model.build_towers(MOVIES, 3, tower_cfg(8), log_prior=prior), global_batch_size=3)
     with_prior(features)
     with_prior.set_weights(plain.get_weights())  # the prior adds no variable
     # Training: the query's extra column is 0, so the loss is unchanged.
@@ -291,7 +293,7 @@ def test_last_movies_skip_past_the_gru():
     # query = [GRU state, embeddings of the last 2 non-pad context movies
     # (latest first; zeros where the context is shorter)] @ W + b.
     tf.keras.utils.set_random_seed(2)
-    q, c = model.build_towers(MOVIES, 8, 4, gru_units=5, last_movies=2, share_embeddings=True)
+    q, c = model.build_towers(MOVIES, 4, tower_cfg(8, gru_units=5, last_movies=2, share_embeddings=True))
     x = tf.constant([[3, 10, 0, 0], [17, 24, 31, 3], [31, 0, 0, 0]], tf.int64)
     gru = tf.keras.Model(q.input, q.get_layer("query_gru").output)(x).numpy()
     e = lambda ids: c(tf.constant(ids, tf.int64)).numpy()  # noqa: E731 (shared table)
@@ -301,7 +303,7 @@ def test_last_movies_skip_past_the_gru():
     np.testing.assert_allclose(q(x), np.concatenate([gru, last], 1) @ w + b, rtol=1e-5,
                                atol=1e-6)
     # With separate tables the skip reads the query tower's table.
-    q, _ = model.build_towers(MOVIES, 8, 4, last_movies=1)
+    q, _ = model.build_towers(MOVIES, 4, tower_cfg(8, last_movies=1))
     assert q.get_layer("query_projection").get_weights()[0].shape == (8 + 8, 8)
 
 

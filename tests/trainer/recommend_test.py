@@ -3,34 +3,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import tensorflow as tf
 
 from beam_jobs import schema
 from tests.gcs.fixtures import gcs_bucket, gcs_emulator  # noqa: F401
+from tests.trainer.towers import hand_towers
 from trainer import export, recommend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def hand_towers(query_vectors, candidate_vectors, context_length):
-    """Towers with embeddings set by hand, keyed by raw movie id: the query is
-    query_vectors[first context movie], a candidate is candidate_vectors[id]."""
-
-    def table(vectors):
-        rows = np.zeros([max(vectors) + 1, 2], np.float32)
-        for movie_id, vector in vectors.items():
-            rows[movie_id] = vector
-        return tf.keras.layers.Embedding(*rows.shape, weights=[rows])
-
-    context = tf.keras.Input(shape=(context_length,), dtype=tf.int64)
-    first = tf.keras.layers.Lambda(lambda c: c[:, 0])(context)
-    movie = tf.keras.Input(shape=(), dtype=tf.int64)
-    return (
-        tf.keras.Model(context, table(query_vectors)(first)),
-        tf.keras.Model(movie, table(candidate_vectors)(movie)),
-    )
 
 
 MOVIES = [10, 20, 30, 40, 50, 60]
@@ -127,8 +107,9 @@ def test_export_and_recommend_on_gcs(gcs_emulator, gcs_bucket):  # noqa: F811
     gcs_emulator.client().bucket(gcs_bucket).blob("data/vocab.tsv").upload_from_string(vocab)
     proc = gcs_emulator.run_python(
         f"""
+        from tests.trainer.towers import tower_cfg
         from trainer import export, model, recommend
-        towers = model.build_towers(list(range(1, 21)), 4, 3)
+        towers = model.build_towers(list(range(1, 21)), 3, tower_cfg(4))
         export.export_model(*towers, list(range(1, 21)), "gs://{gcs_bucket}/run/export",
                             "gs://{gcs_bucket}/data/vocab.tsv", k=10)
         recommend.main(["--model_dir=gs://{gcs_bucket}/run", "--history=3,4", "--k=4"])

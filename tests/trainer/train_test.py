@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from beam_jobs import schema
 from tests.trainer import datadir
-from trainer import checkpoints, data, train
+from trainer import checkpoints, data, loop, storage, task
 from trainer.config import TUTORIAL, ConfigError, TrainConfig
 
 KEYS = {"top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr"}
@@ -37,7 +37,7 @@ def _config(data_dir, model_dir, **kw):
 def trained(data_dir, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("model")
     cfg = _config(data_dir, model_dir)
-    return cfg, train.run(cfg)
+    return cfg, loop.run(cfg)
 
 
 def _losses(model_dir):
@@ -88,7 +88,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(trained, tmp_path):
         shutil.copy(f, dst)
     tf.compat.v1.train.update_checkpoint_state(dst, os.path.join(dst, "ckpt-25"))
     resumed = cfg.replace(model_dir=str(tmp_path), export=False, eval_every_epoch=False)
-    assert train.run(resumed)["step"] == 60
+    assert loop.run(resumed)["step"] == 60
     # Same data position (skipped batches, per-epoch seeds) and optimizer state:
     # the same weights as never stopping.
     a = _variables(os.path.join(src, "ckpt-60"))
@@ -102,7 +102,7 @@ def test_finished_run_is_not_trained_again(trained, caplog):
     cfg, results = trained
     before = sorted(os.listdir(checkpoints.checkpoint_dir(cfg.model_dir)))
     caplog.set_level(logging.INFO, logger="absl")
-    assert train.run(cfg) == results
+    assert loop.run(cfg) == results
     assert "Already trained: step 60 >= 60" in caplog.text
     assert sorted(os.listdir(checkpoints.checkpoint_dir(cfg.model_dir))) == before
 
@@ -111,26 +111,27 @@ def test_checkpoint_of_another_embedding_dim(trained):
     cfg, _ = trained
     with pytest.raises(checkpoints.ModelDirError,
                        match="--embedding_dim=16 there, --embedding_dim=8 now"):
-        train.run(cfg.replace(embedding_dim=8))
+        loop.run(cfg.replace(embedding_dim=8))
 
 
 def test_checkpoint_of_another_vocabulary(trained, tmp_path):
     cfg, _ = trained
     datadir.write_data_dir(str(tmp_path), num_movies=30, num_users=60)
     with pytest.raises(checkpoints.ModelDirError, match="does not fit this model.*--data_dir"):
-        train.run(cfg.replace(data_dir=str(tmp_path)))
+        loop.run(cfg.replace(data_dir=str(tmp_path)))
 
 
 def test_unwritable_model_dir(data_dir, tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(checkpoints.ModelDirError, match="--model_dir=.*/file/model: not writable"):
-        train.run(_config(data_dir, tmp_path / "file" / "model"))
+    with pytest.raises(storage.StorageError,
+                       match="--model_dir=.*/file/model: cannot create directory"):
+        loop.run(_config(data_dir, tmp_path / "file" / "model"))
 
 
 def test_data_dir_without_success(tmp_path):
     datadir.write_data_dir(str(tmp_path / "d"), num_users=5, success=False)
     with pytest.raises(data.DataError, match="no _SUCCESS"):
-        train.run(_config(str(tmp_path / "d"), tmp_path / "m"))
+        loop.run(_config(str(tmp_path / "d"), tmp_path / "m"))
     assert not os.path.exists(tmp_path / "m")  # refused before touching model_dir
 
 
@@ -142,7 +143,7 @@ def test_damaged_shard_stops_training_naming_the_file(tmp_path):
         f.seek(os.path.getsize(bad) // 2)
         f.write(b"\xff" * 8)
     with pytest.raises(data.DataError, match=f"{bad}: unreadable shard"):
-        train.run(_config(data_dir, tmp_path / "m", eval_every_epoch=False, export=False))
+        loop.run(_config(data_dir, tmp_path / "m", eval_every_epoch=False, export=False))
 
 
 def test_adagrad_on_the_mean_loss_steps_like_the_tutorial_on_the_sum():
@@ -156,7 +157,7 @@ def test_adagrad_on_the_mean_loss_steps_like_the_tutorial_on_the_sum():
     w_sum, w_mean = tf.Variable([1.0, -2.0]), tf.Variable([1.0, -2.0])
     tutorial = tf.keras.optimizers.Adagrad(0.1)
     # The tutorial preset (Adagrad 0.1, constant rate), at batch b.
-    ours = train.make_optimizer(TrainConfig(data_dir="-", model_dir="-",
+    ours = task.make_optimizer(TrainConfig(data_dir="-", model_dir="-",
                                             **{**TUTORIAL, "global_batch_size": b}))
     for _ in range(5):
         with tf.GradientTape(persistent=True) as tape:
@@ -172,10 +173,10 @@ def test_default_strategy_trains_on_one_device(data_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="absl")
     cfg = _config(data_dir, tmp_path, strategy="default", epochs=1, eval_every_epoch=False,
                   export=False)
-    assert train.run(cfg)["step"] == STEPS_PER_EPOCH
+    assert loop.run(cfg)["step"] == STEPS_PER_EPOCH
     assert "_DefaultDistributionStrategy with 1 replica(s)" in caplog.text
 
 
 def test_global_batch_not_divisible_by_replicas(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="--global_batch_size=61 is not divisible by the 2"):
-        train.run(_config(data_dir, tmp_path, global_batch_size=61))
+        loop.run(_config(data_dir, tmp_path, global_batch_size=61))

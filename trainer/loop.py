@@ -1,0 +1,153 @@
+"""The training loop: `run(cfg)`, read top to bottom.
+
+Phases: check inputs and outputs -> strategy -> build and restore -> (already
+done? return) -> for each step: next batch, one distributed step, summaries,
+checkpoint when due, evaluate at epoch ends -> export.
+
+Precondition: TensorFlow's devices are configured (the entry point calls
+distribute.configure_virtual_cpus before anything initialises TensorFlow).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from beam_jobs import schema
+from trainer import checkpoints, console, data, distribute, hooks, storage, summaries
+from trainer.config import CONFIG_FILE, ConfigError, TrainConfig
+from trainer.task import RetrievalTask
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}
+    (what metrics.json holds)."""
+    t = cfg.trainer
+    # Check inputs and outputs before building anything. Only tf.io.gfile here:
+    # MultiWorkerMirroredStrategy must exist before anything starts TF's runtime.
+    info = prepare(cfg)
+    strategy = distribute.make_strategy(t.strategy)
+    data.check_first_records(info)
+    distribute.log_strategy(strategy)
+    is_chief = distribute.task_of(strategy).is_chief
+    if t.global_batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"--global_batch_size={t.global_batch_size} is not divisible by the "
+                          f"{strategy.num_replicas_in_sync} replicas")
+
+    # Build every variable, then restore the latest checkpoint into them.
+    task = RetrievalTask(info, cfg)
+    model, optimizer = task.build_model(strategy)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    restored = checkpoints.restore(checkpoint, cfg.checkpoints_uri)
+    step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
+    per_epoch, total = task.steps_per_epoch, task.total_steps
+    if restored:
+        logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
+                     restored, step, min(step // per_epoch + 1, t.epochs), t.epochs)
+    if is_chief:
+        summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE), json.loads(cfg.to_json()))
+    metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
+    if step >= total and tf.io.gfile.exists(metrics_path):
+        logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not training "
+                     "again", step, total, t.epochs, per_epoch)
+        return summaries.read_json(metrics_path)
+
+    # Outputs of the loop: checkpoints, summaries, evaluation.
+    writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, is_chief, t.keep_checkpoints)
+    train_log, eval_log = _summary_writers(cfg, is_chief)
+    evaluator = hooks.Evaluator(info, cfg, eval_log) if is_chief else None
+    iterator = iter(task.build_inputs(strategy, step))  # one iterator for the run (data.py)
+    train_step = task.train_step(model, optimizer, strategy)
+    logging.info("Training steps %d..%d: %d epoch(s) x %d steps of %d examples (%d per replica)",
+                 step, total, t.epochs, per_epoch, t.global_batch_size,
+                 t.global_batch_size // strategy.num_replicas_in_sync)
+
+    results, progress, t0, t0_step = {"step": step}, None, None, step
+    while step < total:
+        epoch, in_epoch = divmod(step, per_epoch)
+        progress = progress or console.Progress(epoch + 1, t.epochs, per_epoch, in_epoch)
+        loss = _step(train_step, iterator, info, step)
+        step += 1
+        if t0 is None:  # the first step traces the step function: time from after it
+            t0, t0_step = time.time(), step
+        progress.update(in_epoch + 1, loss)
+        with train_log.as_default():
+            summaries.scalar("loss_per_example", loss, step)
+            summaries.scalar("learning_rate", summaries.current_lr(optimizer), step)
+        epoch_end = step % per_epoch == 0
+        if epoch_end or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0):
+            logging.info("Saved checkpoint %s", writer.save(step))
+        if not epoch_end:
+            continue
+        # Epoch end: throughput, mean loss, evaluation.
+        progress, rate = None, _rate(step - t0_step, t.global_batch_size, t0)
+        if rate:
+            with train_log.as_default():
+                summaries.scalar("examples_per_second", rate, step)
+        logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s", step // per_epoch,
+                     step, model.loss_tracker.result().numpy(), rate or float("nan"))
+        model.loss_tracker.reset_state()
+        if evaluator and (t.eval_every_epoch or step == total):
+            results = evaluator(model, step)
+        t0, t0_step = time.time(), step
+
+    # The end: evaluate if resumed exactly at the end, then export.
+    if evaluator and results["step"] != step:
+        results = evaluator(model, step)
+    if "popularity" in results:
+        logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
+    if t.export:
+        hooks.export_savedmodel(model, info, cfg, is_chief)
+    distribute.barrier(strategy)
+    writer.close()
+    train_log.flush()
+    eval_log.flush()
+    return results
+
+
+def prepare(cfg: TrainConfig) -> data.DataInfo:
+    """Checks the data_dir and every output location, before any worker or
+    replica starts; returns the data's DataInfo. gs:// is checked with bounded
+    timeouts first: TF's own gs:// filesystem spins on a missing bucket."""
+    if cfg.data_dir.startswith(storage.GCS_SCHEME):
+        storage.preflight(cfg.data_dir, need_write=False, flag="data_dir")
+    info = data.load_data_dir(cfg.data_dir)
+    for flag in ("model_dir", "checkpoint_dir", "tensorboard_dir", "export_dir"):
+        if flag == "model_dir" or getattr(cfg, flag):  # the others default beneath it
+            storage.preflight(getattr(cfg, flag), need_write=True, flag=flag)
+    checkpoints.check_compatible(cfg)
+    return info
+
+
+def _step(train_step, iterator, info: data.DataInfo, step: int) -> float:
+    """One training step; a shard that cannot be read stops training naming it."""
+    try:
+        return float(train_step(next(iterator)))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+        bad = data.find_bad_shard(info, splits=(schema.TRAIN,))
+        if bad:
+            raise data.DataError(f"{bad[0]}: unreadable shard ({bad[1]}); training stopped at "
+                                 f"step {step}, the last checkpoint is kept") from None
+        raise
+    except (tf.errors.OutOfRangeError, StopIteration):
+        raise data.DataError(
+            f"{info.data_dir}: the train split ended at step {step}, before the "
+            f"{info.num_examples[schema.TRAIN]} examples metadata.json counts") from None
+
+
+def _rate(steps: int, batch: int, since: float | None) -> float | None:
+    """Examples per second over `steps` steps since `since` (None: nothing timed)."""
+    return steps * batch / (time.time() - since) if steps and since else None
+
+
+def _summary_writers(cfg: TrainConfig, is_chief: bool):
+    """(train, eval) TensorBoard writers; the chief also records the hparams."""
+    if not is_chief:
+        noop = tf.summary.create_noop_writer()
+        return noop, noop
+    with tf.summary.create_file_writer(cfg.tensorboard_uri).as_default():
+        summaries.hparams(cfg)
+    return (tf.summary.create_file_writer(schema.join(cfg.tensorboard_uri, "train")),
+            tf.summary.create_file_writer(schema.join(cfg.tensorboard_uri, "eval")))
