@@ -1,7 +1,7 @@
 """The data contract between the Beam job and the trainer (schema version 1).
 
 Stdlib only: the trainer imports this module, and nothing here may pull in Beam
-or TensorFlow. See ../shared/DESIGN.md ("Data contract") for the prose version.
+or TensorFlow. docs/design.md ("Data contract") has the prose version.
 
 Layout of a finished `data_dir` (a local path or gs:// URI):
 
@@ -11,10 +11,18 @@ Layout of a finished `data_dir` (a local path or gs:// URI):
     metadata.json      schema version, flags, input fingerprint, counts, shard lists
     errors/            malformed input lines set aside, with file and line number
     _SUCCESS           written last; its absence means the run did not finish
+
+Integrity: metadata.json's "manifest" lists every shard of every split with its
+size in bytes, SHA-256 and example count, and _SUCCESS holds the SHA-256 of
+metadata.json's exact bytes (`success_record`). Output is deterministic, so two
+runs of the same input and flags write the same bytes; files of runs that differ
+fail `check_success` or the manifest (trainer/data.py verifies every shard before
+training). A data_dir whose files are not all from one run is refused.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import posixpath
 from collections.abc import Mapping
@@ -49,6 +57,8 @@ METADATA_FILE = "metadata.json"
 SUCCESS_FILE = "_SUCCESS"
 ERRORS_DIR = "errors"
 SHARD_GLOB = "part-*-of-*.tfrecord*"
+# metadata.json key: {split: [{"name", "bytes", "sha256", "examples"}, ...]} in shard order.
+MANIFEST = "manifest"
 
 COMPRESSIONS = {"gzip": ".tfrecord.gz", "none": ".tfrecord"}
 
@@ -172,3 +182,33 @@ def parse_vocab(text: str, source: str) -> list[dict]:
         except ValueError as e:
             raise SchemaError(f"{source}:{n}: {e}") from e
     return rows
+
+
+def success_record(metadata_bytes: bytes) -> bytes:
+    """The content of _SUCCESS: it commits to metadata.json's exact bytes."""
+    digest = hashlib.sha256(metadata_bytes).hexdigest()
+    return (json.dumps({"metadata_sha256": digest}, sort_keys=True) + "\n").encode()
+
+
+def check_success(success_bytes: bytes, metadata_bytes: bytes, source: str) -> bool:
+    """Checks that _SUCCESS commits to these metadata.json bytes.
+
+    Returns:
+      True when verified; False for an empty _SUCCESS (a data_dir written before
+      manifests existed: readable, but its files cannot be checked).
+    Raises:
+      SchemaError (naming `source`) when _SUCCESS names other metadata: the
+      data_dir mixes the files of more than one run.
+    """
+    if not success_bytes.strip():
+        return False
+    try:
+        expected = json.loads(success_bytes)["metadata_sha256"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise SchemaError(f"{source}: unreadable {SUCCESS_FILE} ({e})") from None
+    if hashlib.sha256(metadata_bytes).hexdigest() != expected:
+        raise SchemaError(
+            f"{source}: {METADATA_FILE} is not the one {SUCCESS_FILE} was written for: the "
+            "directory holds files of more than one run (two jobs wrote the same "
+            "output_dir?). Rerun the Beam job into an empty output_dir.")
+    return True
