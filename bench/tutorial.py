@@ -17,7 +17,7 @@ Deviations, all forced by running offline and none affecting speed: the
 vocabulary is the data_dir's vocab.tsv (all movies of movies.dat, as the
 tutorial's tfds "movielens/1m-movies"), as strings like the tfds ids, and the
 file names are arguments. The tutorial parses the label with shape [1], so its
-candidate embeddings are [B, 1, d]; that is kept (see DESIGN.md: it changes
+candidate embeddings are [B, 1, d]; that is kept (see docs/design.md: it changes
 the score matrix's shape, not the work per step).
 """
 from __future__ import annotations

@@ -49,7 +49,7 @@ Distribution: this is a plain single-device computation. Called inside a
 `strategy.scope()` (cross-replica context) it reads the mirrored variables'
 values and gives the same numbers as without a strategy; there is no
 cross-replica reduction, so nothing is multiplied by the worker count (the
-Keras MultiWorker evaluate() pitfall in DESIGN.md). Under MultiWorker every
+Keras MultiWorker evaluate() pitfall in docs/design.md). Under MultiWorker every
 worker that calls it on the full test set gets identical numbers.
 """
 from __future__ import annotations

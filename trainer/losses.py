@@ -14,10 +14,8 @@ can be computed a block of rows at a time, in the forward pass, keeping only
 the two [., d] gradients. Each block's scores stay in cache, so the [b, c]
 matrix is never written to memory (nor kept for the backward pass), and each
 block's [r, c] scores are passed over as few times as possible (1/z and the
-one-hot labels act on the [r, d] side of the products): on the 2-core CPU at
-b = c = 12800, d = 32 one loss + gradient took 188-192 ms against 356-364 ms
-for matmul + sparse_softmax_cross_entropy_with_logits (bench/README_train.md),
-and its working memory is O(b d) instead of O(b c).
+one-hot labels act on the [r, d] side of the products). Working memory is O(b d)
+instead of O(b c); bench/README_train.md has its speed against the plain loss.
 `reference_in_batch_softmax_loss` is the plain version the tests compare with.
 """
 from __future__ import annotations
@@ -26,11 +24,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 # Rows per block = this many score elements / c. 1.5M floats (6 MB) keeps a
-# block of scores in the last-level cache on CPU: at c = 12800 blocks of 64,
-# 96, 128, 192, 256 rows measured 205, 178, 166, 187, 241 ms (one quiet
-# moment, an earlier version of the block body; the optimum, not the level). On a GPU the
-# cost is kernel launches per block, not cache, so blocks are far larger
-# there (not measured: no GPU was available when this was written).
+# block of scores in the last-level cache on CPU (the block sizes measured are in
+# bench/README_train.md). On a GPU the cost is kernel launches per block, not
+# cache, so blocks are far larger there (not measured yet: no GPU was lent).
 CPU_BLOCK_ELEMENTS = 1_500_000
 GPU_BLOCK_ELEMENTS = 64_000_000
 
