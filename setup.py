@@ -39,7 +39,9 @@ setuptools.setup(
         "trainer": TF + TENSORBOARD,
         "tensorboard": TENSORBOARD,
         # Beam's GCS IO + Dataflow runner, and the trainer's bucket preflight.
-        "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-storage>=2.14"],
+        # `build`: Beam's stager packages --setup_file with `python -m build --no-isolation
+        # --sdist` (offline) and prints "No module named build" before falling back.
+        "gcp": ["apache-beam[gcp]>=2.77,<2.78", "google-cloud-storage>=2.14", "build>=1.0"],
         # CUDA wheels for the trainer on GPU hosts.
         "gpu": TF + TENSORBOARD + ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": [
