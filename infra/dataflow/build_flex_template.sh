@@ -5,6 +5,7 @@
 #
 # Image: REGION-docker.pkg.dev/PROJECT/seqrec/dataflow:TAG (Artifact Registry repository
 # "seqrec", created by infra/gcs/setup_bucket.sh). Spec: gs://BUCKET/templates/seqrec-TAG.json.
+# Run it in the project's virtualenv (PYTHON: its python, default python3).
 # Then launch with:
 #   python infra/dataflow/launch.py --project=PROJECT --region=REGION --bucket=BUCKET \
 #     --flex_template=gs://BUCKET/templates/seqrec-TAG.json --worker_image=IMAGE
@@ -22,10 +23,15 @@ repo_root="$(cd "$(dirname "$0")/../.." && pwd)"
 image="${region}-docker.pkg.dev/${project}/seqrec/dataflow:${tag}"
 spec="gs://${bucket}/templates/seqrec-${tag}.json"
 
+# The template's parameters, generated from beam_jobs.options (where the job declares its
+# flags, help texts and defaults once); first, so a broken checkout stops before a build.
+metadata="$(mktemp)"
+build_config="$(mktemp)"
+trap 'rm -f "${metadata}" "${build_config}"' EXIT
+"${PYTHON:-python3}" "${repo_root}/infra/dataflow/flex_template/template_metadata.py" >"${metadata}"
+
 # Cloud Build builds from the repository root (its upload skips .gitignore'd paths such as
 # .venv/); BuildKit applies the Dockerfile's own .dockerignore.
-build_config="$(mktemp)"
-trap 'rm -f "${build_config}"' EXIT
 cat >"${build_config}" <<YAML
 steps:
   - name: gcr.io/cloud-builders/docker
@@ -40,7 +46,7 @@ gcloud dataflow flex-template build "${spec}" \
   --project="${project}" \
   --image="${image}" \
   --sdk-language=PYTHON \
-  --metadata-file="${repo_root}/infra/dataflow/flex_template/metadata.json"
+  --metadata-file="${metadata}"
 
 echo "template: ${spec}"
 echo "image:    ${image}"

@@ -1,9 +1,13 @@
 """Runs the seqrec Beam job (beam_jobs.pipeline) on Dataflow.
 
     python infra/dataflow/launch.py --project=P --region=us-central1 --bucket=B \
-        [--input_dir=gs://B/raw/ml-1m] [--output_dir=gs://B/data/ml-1m] \
         [--machine_type=n2-standard-4] [--max_num_workers=20] [--print] [--dry_run] \
-        [-- MORE FLAGS for beam_jobs.pipeline, e.g. --num_shards=32 --overwrite]
+        [-- JOB FLAGS for beam_jobs.pipeline, e.g. --input_dir=gs://B/raw/ml-20m --num_shards=32]
+
+The job gets --input_dir=gs://B/raw/ml-1m and --output_dir=gs://B/data/<input's basename>
+unless the flags after `--` name them, the Dataflow options below, and nothing else: its
+own flags' defaults (beam_jobs.options) apply. Every flag is checked by the job's own
+parser, and Beam's, before anything is built or submitted.
 
 Two ways to launch:
   * direct (default): `python -m beam_jobs.pipeline --runner=DataflowRunner ...` from this
@@ -12,7 +16,7 @@ Two ways to launch:
     there. `--dry_run` builds the Dataflow job offline and submits nothing.
   * --flex_template=gs://B/templates/seqrec.json: `gcloud dataflow flex-template run` of a
     template built by infra/dataflow/build_flex_template.sh (no local checkout needed to
-    launch, e.g. from a scheduler).
+    launch, e.g. from a scheduler); the job flags become template parameters.
 
 Bucket layout (infra/README.md): gs://B/raw/ (MovieLens input), gs://B/data/ (outputs),
 gs://B/dataflow/{tmp,staging}/ (Beam's scratch space).
@@ -20,45 +24,44 @@ gs://B/dataflow/{tmp,staging}/ (Beam's scratch space).
 from __future__ import annotations
 
 import argparse
-import datetime
+import importlib.util
 import os
 import re
 import shlex
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SETUP_FILE = os.path.join(REPO, "setup.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # infra/, for the shared launcher_args
+import launcher_args as la  # noqa: E402
 
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+def _load_template_metadata():
+    """flex_template/template_metadata.py, by path: that folder also holds the template's
+    main.py, which must not become importable as `main`."""
+    path = os.path.join(HERE, "flex_template", "template_metadata.py")
+    spec = importlib.util.spec_from_file_location("seqrec_template_metadata", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+template_metadata = _load_template_metadata()
+
+SETUP_FILE = os.path.join(la.REPO, "setup.py")
 # Dataflow job names: lowercase letters, digits and hyphens, starting with a letter.
 JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-def default_job_name(now: datetime.datetime | None = None) -> str:
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return now.strftime("seqrec-timelines-%Y%m%d-%H%M%S")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python infra/dataflow/launch.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="Flags after `--` go to beam_jobs.pipeline unchanged (job flags such as "
-        "--num_shards or --split, or more Beam/Dataflow options).",
-    )
+    p = la.make_parser("python infra/dataflow/launch.py", __doc__, la.PIPELINE)
     p.add_argument("--project", required=True, help="GCP project that runs the job.")
     p.add_argument("--region", required=True, help="Dataflow region, e.g. us-central1.")
     p.add_argument("--bucket", required=True,
                    help="Bucket (no gs://) for temp/staging files and, by default, the data.")
-    p.add_argument("--input_dir", default=None,
-                   help="MovieLens files on GCS (default gs://BUCKET/raw/ml-1m): workers read "
-                   "them, so a local path works only with --dry_run.")
-    p.add_argument("--output_dir", default=None,
-                   help="Where the TFRecords, vocab and metadata go (default gs://BUCKET/data/"
-                   "<basename of input_dir>).")
     p.add_argument("--job_name", default=None,
                    help="Dataflow job name (default seqrec-timelines-<UTC timestamp>).")
+    # Dataflow worker options, here because a Flex Template launch spells them as gcloud
+    # flags. The defaults are this launcher's cost policy, not Beam's or the job's.
     p.add_argument("--machine_type", default="n2-standard-4",
                    help="Worker machine type (default n2-standard-4).")
     p.add_argument("--max_num_workers", type=int, default=20,
@@ -79,35 +82,47 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--flex_template", default=None,
                    help="gs:// path of a built Flex Template spec: launch that instead.")
     p.add_argument("--dry_run", action="store_true",
-                   help="Build the Dataflow job offline and submit nothing (direct mode).")
-    p.add_argument("--print", action="store_true", help="Print the command; run nothing.")
+                   help="Build the Dataflow job offline (Beam's --dry_run=True) and submit "
+                   "nothing; the input may then be local (direct mode only).")
+    la.add_print(p, "the command")
     return p
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """Returns (launcher args, extra pipeline flags given after `--`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not BUCKET_RE.match(args.bucket):
-        parser.error(f"--bucket={args.bucket!r} is not a bucket name (give it without gs://)")
-    args.job_name = args.job_name or default_job_name()
-    if not JOB_NAME_RE.match(args.job_name):
-        parser.error(f"--job_name={args.job_name!r}: use lowercase letters, digits and '-', "
-                     "starting with a letter")
-    args.input_dir = (args.input_dir or f"gs://{args.bucket}/raw/ml-1m").rstrip("/")
-    if not args.input_dir.startswith("gs://") and not args.dry_run:
-        parser.error(f"--input_dir={args.input_dir}: Dataflow workers cannot read local files; "
-                     "copy them to gs:// first (infra/README.md)")
-    name = os.path.basename(args.input_dir) or "ml-1m"
-    args.output_dir = args.output_dir or f"gs://{args.bucket}/data/{name}"
+    """(launcher args, job flags): the job flags are the ones after `--`, with
+    --input_dir/--output_dir from the bucket layout put first where they name none. Checked
+    with the job's and Beam's parsers; raises la.UsageError naming the flag."""
+    args, extra = la.parse(make_parser(), argv, la.PIPELINE, la.pipeline_flag_names)
+    la.check(args.bucket, la.BUCKET_RE, "bucket", "a bucket name (give it without gs://)")
+    args.job_name = la.check(args.job_name or la.timestamped("seqrec-timelines"), JOB_NAME_RE,
+                             "job_name", "a Dataflow job name (lowercase letters, digits and "
+                             "'-', starting with a letter)")
     if args.flex_template and args.dry_run:
-        parser.error("--dry_run builds the job locally; it does not apply to --flex_template")
-    return args, extra
+        raise la.UsageError("--dry_run builds the job locally; it does not apply to "
+                            "--flex_template")
+    # The bucket layout's locations, unless the job flags name their own.
+    input_dir = la.flag_value(extra, "input_dir") or f"gs://{args.bucket}/raw/ml-1m"
+    own = []
+    if la.flag_value(extra, "input_dir") is None:
+        own.append(f"--input_dir={input_dir}")
+    if la.flag_value(extra, "output_dir") is None:
+        name = os.path.basename(input_dir.rstrip("/")) or "ml-1m"
+        own.append(f"--output_dir=gs://{args.bucket}/data/{name}")
+    job_flags = own + extra
+    if args.flex_template:
+        cfg, _ = la.pipeline_config(job_flags)
+        declared = {p["name"] for p in template_metadata.parameters()}
+        for name, _ in la.flag_values(job_flags):
+            if name not in declared:
+                raise la.UsageError(f"--{name} is not a parameter of the Flex Template "
+                                    "(infra/dataflow/flex_template/template_metadata.py)")
+    else:  # the whole command line, Dataflow options included
+        cfg, _ = la.pipeline_config(pipeline_argv(args, job_flags))
+    for flag, uri in (("input_dir", cfg.input_dir), ("output_dir", cfg.output_dir)):
+        if not uri.startswith("gs://") and not args.dry_run:
+            raise la.UsageError(f"--{flag}={uri}: Dataflow workers cannot reach local files; "
+                                "use gs:// (infra/README.md), or --dry_run")
+    return args, job_flags
 
 
 def dataflow_options(args: argparse.Namespace) -> list[str]:
@@ -136,25 +151,20 @@ def dataflow_options(args: argparse.Namespace) -> list[str]:
     return opts
 
 
-def pipeline_argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """Everything after `python -m beam_jobs.pipeline` in direct mode."""
-    argv = [f"--input_dir={args.input_dir}", f"--output_dir={args.output_dir}"]
-    argv += dataflow_options(args)
+def pipeline_argv(args: argparse.Namespace, job_flags: list[str]) -> list[str]:
+    """Everything after `python -m beam_jobs.pipeline` in direct mode: the Dataflow
+    options, then the job flags (given last, so the user's win)."""
+    argv = dataflow_options(args)
     # Workers pip-install the sdist Beam builds from this file (no save_main_session).
     argv.append(f"--setup_file={SETUP_FILE}")
     if args.dry_run:
         argv.append("--dry_run=True")
-    return argv + list(extra)
+    return argv + list(job_flags)
 
 
-def flex_template_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+def flex_template_command(args: argparse.Namespace, job_flags: list[str]) -> list[str]:
     """`gcloud dataflow flex-template run` with the job flags as template parameters."""
-    params = [f"input_dir={args.input_dir}", f"output_dir={args.output_dir}"]
-    for flag in extra:
-        if not flag.startswith("--"):
-            raise SystemExit(f"launch.py: {flag!r}: give template parameters as --name=value")
-        name, _, value = flag[2:].partition("=")
-        params.append(f"{name}={value or 'true'}")
+    params = [f"{name}={value}" for name, value in la.flag_values(job_flags)]
     cmd = [
         "gcloud", "dataflow", "flex-template", "run", args.job_name,
         f"--project={args.project}",
@@ -179,25 +189,28 @@ def flex_template_command(args: argparse.Namespace, extra: list[str]) -> list[st
     return cmd + ["--parameters=^~^" + "~".join(params)]
 
 
-def command(args: argparse.Namespace, extra: list[str]) -> list[str]:
+def command(args: argparse.Namespace, job_flags: list[str]) -> list[str]:
     if args.flex_template:
-        return flex_template_command(args, extra)
-    return [sys.executable, "-m", "beam_jobs.pipeline"] + pipeline_argv(args, extra)
+        return flex_template_command(args, job_flags)
+    return [sys.executable, "-m", "beam_jobs.pipeline"] + pipeline_argv(args, job_flags)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse_args(argv)
-    cmd = command(args, extra)
+def launch(argv: list[str] | None = None) -> int:
+    args, job_flags = parse_args(argv)
+    cmd = command(args, job_flags)
     if args.print:
         print(shlex.join(cmd))
         return 0
-    print("+", shlex.join(cmd), file=sys.stderr, flush=True)
     # From the repository root: beam_jobs is importable and setup.py builds from there.
-    code = subprocess.call(cmd, cwd=REPO)
+    code = la.run(cmd, cwd=la.REPO)
     if code == 0 and args.dry_run:
         print("dry run: the Dataflow job was built offline; nothing was submitted",
               file=sys.stderr)
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return la.main("launch.py", launch, argv)
 
 
 if __name__ == "__main__":

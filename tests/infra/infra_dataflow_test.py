@@ -3,12 +3,14 @@ and the package Beam stages for the workers (built from --setup_file) holds ever
 the workers need: its own files alone import, and unpickle every DoFn of the job."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 from infra_paths import ROOT, load
@@ -29,9 +31,19 @@ def dry_run():
 
     args, extra = dataflow_launch.parse_args([
         "--project=seqrec-test", "--region=us-central1", "--bucket=seqrec-test-bucket",
-        "--job_name=seqrec-dry-run", f"--input_dir={os.path.join(ROOT, 'data', 'sample')}",
-        "--dry_run", "--", "--num_shards=4"])
-    result = pipeline.run(dataflow_launch.pipeline_argv(args, extra))
+        "--job_name=seqrec-dry-run", "--dry_run", "--",
+        f"--input_dir={os.path.join(ROOT, 'data', 'sample')}", "--num_shards=4"])
+    # Beam builds the staged sdist in a subprocess writing to fd 2: keep what it says.
+    with tempfile.TemporaryFile() as err:
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            result = pipeline.run(dataflow_launch.pipeline_argv(args, extra))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
     staged = {}
     for env in result.job.proto_pipeline.components.environments.values():
         for dep in env.dependencies:
@@ -39,20 +51,33 @@ def dry_run():
             name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(
                 dep.role_payload).staged_name
             staged[name] = path
-    yield result, staged
+    yield result, staged, stderr
     # Beam leaves its staging temp dir behind after a dry run.
     for path in staged.values():
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def test_dry_run_builds_the_dataflow_job(dry_run):
-    result, _ = dry_run
+    result, _, _ = dry_run
     job = result.job
     assert job.proto.name == "seqrec-dry-run"
     assert job.options.get_all_options()["runner"] == "DataflowRunner"
     transforms = job.proto_pipeline.components.transforms.values()
     top_level = {t.unique_name.split("/")[0] for t in transforms}
     assert STEPS <= top_level, STEPS - top_level
+
+
+def test_staged_sdist_is_built_by_build_not_the_deprecated_fallback(dry_run):
+    """Beam's stager builds the --setup_file sdist with `python -m build` when the `build`
+    package is installed, else prints `No module named build` and falls back to the
+    deprecated `setup.py sdist`. The launching Python must have it."""
+    _, staged, stderr = dry_run
+    assert importlib.util.find_spec("build"), (
+        "the `build` package is missing: Beam falls back to `setup.py sdist` (it belongs in "
+        "setup.py's gcp extra, with the Dataflow runner)")
+    assert "No module named build" not in stderr
+    assert "Building sdist" in stderr  # build's own progress line
+    assert "workflow.tar.gz" in staged
 
 
 def _tracked(package: str) -> set[str]:
@@ -62,7 +87,7 @@ def _tracked(package: str) -> set[str]:
 
 
 def test_staged_package_holds_every_module(dry_run):
-    _, staged = dry_run
+    _, staged, _ = dry_run
     # workflow.tar.gz is the sdist Beam built from --setup_file; workers pip-install it.
     with tarfile.open(staged["workflow.tar.gz"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
@@ -99,7 +124,7 @@ def test_staged_package_alone_imports_and_unpickles_every_dofn(dry_run, tmp_path
     from apache_beam.portability import common_urns, python_urns
     from apache_beam.portability.api import beam_runner_api_pb2
 
-    result, staged = dry_run
+    result, staged, _ = dry_run
     with tarfile.open(staged["workflow.tar.gz"]) as tar:
         tar.extractall(tmp_path, filter="data")
     (src,) = [str(p) for p in tmp_path.iterdir() if p.is_dir()]

@@ -10,7 +10,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 INFRA = os.path.join(ROOT, "infra")
 VENV_BIN = os.path.dirname(sys.executable)
 
-
 def load(relpath: str, name: str):
     """Imports a launcher script (e.g. infra/trainer/launch.py) as module `name`."""
     if name in sys.modules:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from infra_paths import INFRA, ROOT, files, tool
+from infra_paths import INFRA, ROOT, files, load, tool
 
 ENTRYPOINT = os.path.join(INFRA, "trainer", "entrypoint.sh")
 SETUP_BUCKET = os.path.join(INFRA, "gcs", "setup_bucket.sh")
@@ -181,6 +181,30 @@ def test_setup_bucket_grants_least_privilege():
     acts_as = [line for line in result.stdout.splitlines() if "serviceAccountUser" in line]
     assert len(acts_as) == 2
     assert "gs://my-bucket" in result.stdout and "--public-access-prevention" in result.stdout
+
+
+def test_build_flex_template_hands_gcloud_the_generated_metadata(tmp_path):
+    """The template's parameters are generated from beam_jobs.options at build time. gcloud
+    is Google's tool, not ours: a stand-in first on PATH records what the script asks."""
+    template_metadata = load("infra/dataflow/launch.py", "infra_dataflow_launch").template_metadata
+    bin_dir, log, meta = tmp_path / "bin", tmp_path / "gcloud.log", tmp_path / "metadata.json"
+    bin_dir.mkdir()
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text('#!/bin/bash\necho "$*" >>"$GCLOUD_LOG"\nfor a in "$@"; do\n'
+                      '  case "$a" in --metadata-file=*) cp "${a#*=}" "$GCLOUD_META" ;; esac\n'
+                      'done\n')
+    gcloud.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "PYTHON": sys.executable, "GCLOUD_LOG": str(log), "GCLOUD_META": str(meta)}
+    result = _run(["bash", os.path.join(INFRA, "dataflow", "build_flex_template.sh"),
+                   "my-proj", "us-central1", "my-bucket", "v1"], env=env)
+    assert result.returncode == 0, result.stderr
+    build, template = log.read_text().splitlines()
+    assert build.startswith(f"builds submit {ROOT} --project=my-proj --region=us-central1")
+    assert template.startswith("dataflow flex-template build "
+                               "gs://my-bucket/templates/seqrec-v1.json --project=my-proj "
+                               "--image=us-central1-docker.pkg.dev/my-proj/seqrec/dataflow:v1")
+    assert json.loads(meta.read_text()) == template_metadata.metadata()
 
 
 def test_setup_bucket_rejects_a_gs_uri_as_bucket():
