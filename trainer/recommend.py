@@ -56,7 +56,7 @@ def _load(model_dir: str | None, export_dir: str | None = None):
     import tensorflow as tf  # here, so --help and flag errors stay instant
 
     flag = "--export_dir" if export_dir else "--model_dir"
-    export_dir = export_dir or schema.join(model_dir, EXPORT_SUBDIR)
+    export_dir = export_dir or _export_dir_of(model_dir)
     if not tf.io.gfile.exists(schema.join(export_dir, "saved_model.pb")):
         raise UsageError(
             f"{flag}: no exported model at {export_dir} (expected saved_model.pb there); "
@@ -67,6 +67,22 @@ def _load(model_dir: str | None, export_dir: str | None = None):
     with tf.io.gfile.GFile(vocab_path) as f:
         vocab = {row["movie_id"]: row for row in schema.parse_vocab(f.read(), vocab_path)}
     return loaded, vocab, export_dir
+
+
+def _export_dir_of(model_dir: str) -> str:
+    """Where trainer.train exported a model_dir's model: MODEL_DIR/export, unless its
+    config.json names another --export_dir (e.g. Vertex AI's $AIP_MODEL_DIR)."""
+    import json
+
+    import tensorflow as tf
+
+    config_path = schema.join(model_dir, "config.json")  # trainer.config.CONFIG_FILE
+    if tf.io.gfile.exists(config_path):
+        with tf.io.gfile.GFile(config_path) as f:
+            chosen = json.loads(f.read()).get("export_dir")
+        if chosen:
+            return chosen
+    return schema.join(model_dir, EXPORT_SUBDIR)
 
 
 def recommend(model_dir: str | None, history: Sequence[int], k: int = 10,

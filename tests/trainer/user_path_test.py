@@ -16,6 +16,7 @@ from tests.trainer import cli, datadir
 from trainer import config
 
 BIN = os.path.dirname(sys.executable)
+HISTORY: list[int] = []  # three movies of the data_dir fixture's vocabulary
 
 # TensorFlow's chatter that a default run must not show (each seen in `make run`
 # before this was fixed).
@@ -36,7 +37,9 @@ def run(*argv: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data"))
-    datadir.write_data_dir(path, num_users=100, timeline_length=12)  # 1,000 train examples
+    info = datadir.write_data_dir(path, num_users=100, timeline_length=12)  # 1,000 examples
+    assert info["train_examples"] == 1000
+    HISTORY.extend(info["movie_ids"][:3])
     return path
 
 
@@ -115,6 +118,11 @@ def test_vertex_run_in_a_plain_shell_is_quiet_and_lands_where_vertex_says(data_d
     assert not [tag for _, tag, _ in evals if tag.endswith("num_queries")]
     hparams = [v for _, tag, v in _events(str(base / "logs")) if tag.startswith("_hparams_")]
     assert hparams and b"embedding_dim" in hparams[0].metadata.plugin_data.content
+
+    # recommend finds the export through the run's config.json (it is not MODEL_DIR/export).
+    proc = run("seqrec-recommend", f"--model_dir={base}", "--history=" + ",".join(map(str, HISTORY)), "--k=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Top 3 recommendations" in proc.stdout
 
 
 @pytest.mark.slow
