@@ -97,10 +97,19 @@ def build_towers(
         candidate_model: int64 movie ids [B] -> float32 [B, d] ([B, d + 1]).
       Ids not in `movie_ids` share one out-of-vocabulary row.
     """
-    embedding_dim, units = cfg.embedding_dim, cfg.query_units
     if unroll_gru is None:
         unroll_gru = not tf.config.list_logical_devices("GPU")
     dtype = tf.keras.mixed_precision.Policy(cfg.dtype_policy)
+    query_model, shared_table = _query_tower(movie_ids, context_length, cfg, dtype, unroll_gru,
+                                             with_prior=log_prior is not None)
+    candidate_model = _candidate_tower(movie_ids, cfg, dtype, shared_table, log_prior)
+    return query_model, candidate_model
+
+
+def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll_gru: bool,
+                 with_prior: bool):
+    """(query_model, the shared embedding table or None); see build_towers."""
+    embedding_dim, units = cfg.embedding_dim, cfg.query_units
     context = tf.keras.Input(shape=(context_length,), dtype=tf.int64, name=schema.CONTEXT_MOVIE_ID)
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
@@ -146,16 +155,19 @@ def build_towers(
     x = _float32_output(x, dtype, "query_output")
     if cfg.normalize:
         x = tf.keras.layers.UnitNormalization(name="query_normalize")(x)
-    if log_prior is not None:
+    if with_prior:
         x = InferenceOnes(name="query_prior_weight")(x)
-    query_model = tf.keras.Model(context, x, name="query_model")
+    return tf.keras.Model(context, x, name="query_model"), table
 
+
+def _candidate_tower(movie_ids, cfg: ModelConfig, dtype, table, log_prior):
+    """The candidate model, embedding with `table` when the towers share one."""
     movie = tf.keras.Input(shape=(), dtype=tf.int64, name=schema.LABEL_MOVIE_ID)
     lookup = _lookup(movie_ids, "candidate_lookup")
     rows = lookup(movie)
     if table is None:
         table = tf.keras.layers.Embedding(
-            lookup.vocabulary_size(), embedding_dim, name="candidate_embedding", dtype=dtype)
+            lookup.vocabulary_size(), cfg.embedding_dim, name="candidate_embedding", dtype=dtype)
     candidate = _float32_output(table(rows), dtype, "candidate_output")
     if cfg.normalize:
         candidate = tf.keras.layers.UnitNormalization(name="candidate_normalize")(candidate)
@@ -166,8 +178,7 @@ def build_towers(
         # Rows 0 (pad) and 1 (unknown id) get the lowest prior.
         rows_prior = np.concatenate([[prior.min()] * 2, prior]).astype(np.float32)
         candidate = RowPrior(rows_prior, name="candidate_prior")(candidate, rows)
-    candidate_model = tf.keras.Model(movie, candidate, name="candidate_model")
-    return query_model, candidate_model
+    return tf.keras.Model(movie, candidate, name="candidate_model")
 
 
 class LastMovies(tf.keras.layers.Layer):

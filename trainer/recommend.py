@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import sys
 from collections.abc import Sequence
 
 from beam_jobs import schema
+
+# TensorFlow is imported inside the functions that use it, so --help and flag errors
+# answer at once (importing it takes seconds).
 
 EXPORT_SUBDIR = "export"  # == trainer.export.EXPORT_SUBDIR (not imported: keeps startup light)
 
@@ -53,7 +57,7 @@ def context_row(history: Sequence[int], length: int) -> list[int]:
 
 
 def _load(model_dir: str | None, export_dir: str | None = None):
-    import tensorflow as tf  # here, so --help and flag errors stay instant
+    import tensorflow as tf
 
     flag = "--export_dir" if export_dir else "--model_dir"
     export_dir = export_dir or _export_dir_of(model_dir)
@@ -72,8 +76,6 @@ def _load(model_dir: str | None, export_dir: str | None = None):
 def _export_dir_of(model_dir: str) -> str:
     """Where trainer.train exported a model_dir's model: MODEL_DIR/export, unless its
     config.json names another --export_dir (e.g. Vertex AI's $AIP_MODEL_DIR)."""
-    import json
-
     import tensorflow as tf
 
     config_path = schema.join(model_dir, "config.json")  # trainer.config.CONFIG_FILE

@@ -65,6 +65,8 @@ def preflight(uri: str, need_write: bool, timeout: float = 30.0, flag: str = "")
 
 
 # ---------------------------------------------------------------------------- gs://
+# google-cloud-storage is imported where gs:// is used: it comes with the `gcp` extra,
+# which a trainer on local paths does not need.
 def _gcs_client():
     import google.auth.exceptions
     from google.cloud import storage
