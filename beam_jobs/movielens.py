@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import fastencode, schema, timelines
+from beam_jobs import example_records, schema, timelines
 
 FORMATS = {"dat": ("ratings.dat", "movies.dat"), "csv": ("ratings.csv", "movies.csv")}
 RATINGS_HEADER = b"userid,movieid,rating,timestamp"
@@ -353,7 +353,6 @@ class MoviesTable:
         self.titles = [titles[i] for i in order]
         self.genres = [genres[i] for i in order]
         self.years = np.asarray(years, dtype=np.int64)[order]
-        self._encoded = None
         self._bytes = None
 
     def __len__(self) -> int:
@@ -361,7 +360,7 @@ class MoviesTable:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_encoded"] = state["_bytes"] = None  # rebuilt per worker, not shipped
+        state["_bytes"] = None  # rebuilt per worker, not shipped
         return state
 
     def rows(self, movie_ids: np.ndarray) -> np.ndarray:
@@ -371,20 +370,11 @@ class MoviesTable:
         known = (self.ids[pos] == movie_ids) if len(self.ids) else np.zeros(len(movie_ids), bool)
         return np.where(known, pos, -1)
 
-    def movie_bytes(self) -> fastencode.MovieBytes:
+    def movie_bytes(self) -> example_records.MovieBytes:
         """Wire pieces of every row as arrays (computed once per process)."""
         if self._bytes is None:
-            self._bytes = fastencode.MovieBytes(self)
+            self._bytes = example_records.MovieBytes(self)
         return self._bytes
-
-    def encoded(self) -> list[timelines.EncodedMovie]:
-        """Wire pieces of every row (computed once per process)."""
-        if self._encoded is None:
-            self._encoded = [
-                timelines.encode_movie(int(i), int(y), timelines.split_genres(g))
-                for i, y, g in zip(self.ids, self.years, self.genres, strict=True)
-            ]
-        return self._encoded
 
 
 def parse_movies(data: bytes, fmt: str) -> tuple[MoviesTable, list[tuple[int, str, bytes]], int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_jobs import fastencode, movielens, schema, timelines
+from beam_jobs import example_records, movielens, schema, timelines
 from beam_jobs.options import JobConfig
 from beam_jobs.outputs import PendingError, RangeStats, ShardResult
 from beam_jobs.tfrecord import TFRecordWriter
@@ -162,8 +162,9 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
         train_mask = np.array([
             timelines.is_train(int(u), int(p), 0, "random", cfg.train_fraction, cfg.seed)
             for u, p in zip(user[label_pos].tolist(), position.tolist(), strict=True)], dtype=bool)
-    encoder = fastencode.ShardEncoder(movies.rows(movie), rating, movies.movie_bytes(),
-                                      cfg.max_context_length, cfg.max_context_movie_genre_length)
+    encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
+                                             cfg.max_context_length,
+                                             cfg.max_context_movie_genre_length)
     name = schema.shard_name(shard, cfg.num_shards, cfg.compression)
     counts = {}
     for split, mask in ((schema.TRAIN, train_mask), (schema.TEST, ~train_mask)):

@@ -1,21 +1,19 @@
 """Deterministic TFRecord shard writer over Beam's FileSystems (local paths and gs://).
 
 Beam's WriteToTFRecord does not order records within a shard, so each shard is written
-by one DoFn call from records it has already ordered. The file goes to a temporary name
-first and is renamed when complete, so a crashed attempt never leaves a truncated shard
-under a final name.
+by one DoFn call from records it has already ordered and framed
+(example_records.ExampleEncoder.encode_framed). The file goes to a temporary name first
+and is renamed when complete, so a crashed attempt never leaves a truncated shard under a
+final name.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import posixpath
-import struct
 import uuid
 import zlib
-from collections.abc import Iterable
 
-import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -29,21 +27,8 @@ GZIP_LEVEL = 1
 _FLUSH_BYTES = 4 << 20
 
 
-def masked_crc32c(data: bytes) -> int:
-    """TFRecord's masked CRC32-C of `data`."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def frame(record: bytes) -> bytes:
-    """One TFRecord: length, masked crc of the length, data, masked crc of the data."""
-    header = struct.pack("<Q", len(record))
-    return (header + struct.pack("<I", masked_crc32c(header)) + record
-            + struct.pack("<I", masked_crc32c(record)))
-
-
 class TFRecordWriter:
-    """Writes records in order to `path` ("gzip" or "none"); call close() to publish.
+    """Writes framed records in order to `path` ("gzip" or "none"); call close() to publish.
 
     gzip output is a single gzip member with mtime 0 (zlib wbits=31), so equal records give
     equal bytes. Until close() the data sits under a temporary name in the same directory.
@@ -64,16 +49,9 @@ class TFRecordWriter:
         self._size = 0
         self.count = 0
 
-    def write(self, record: bytes) -> None:
-        framed = frame(record)
-        self._buf.append(framed)
-        self._size += len(framed)
-        self.count += 1
-        if self._size >= _FLUSH_BYTES:
-            self._flush()
-
-    def write_framed(self, framed: bytes, count: int) -> None:
-        """Appends `count` records already framed (fastencode.frame_records)."""
+    def write_framed(self, framed, count: int) -> None:
+        """Appends `count` records already framed (bytes-like: example_records.frame_records'
+        output)."""
         self._buf.append(framed)
         self._size += len(framed)
         self.count += count
@@ -101,15 +79,6 @@ class TFRecordWriter:
             self._io.shutdown(wait=True)
             self._file.close()
         _publish(self._tmp, self.path)
-
-
-def write_tfrecords(path: str, records: Iterable[bytes], compression: str) -> int:
-    """Writes `records` in order to `path`; returns the record count."""
-    writer = TFRecordWriter(path, compression)
-    for record in records:
-        writer.write(record)
-    writer.close()
-    return writer.count
 
 
 def _publish(tmp: str, path: str) -> None:

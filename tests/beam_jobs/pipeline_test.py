@@ -89,7 +89,7 @@ def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3):
             continue
         ids = [m for _, m, _ in tl]
         for i in range(1, len(tl)):
-            f = timelines.example_features(
+            f = util.example_features(
                 ids, [r for _, _, r in tl], [movies[m][0] for m in ids],
                 [movies[m][1] for m in ids], i, L, G)
             (test if i == len(tl) - 1 else train).append(f)

@@ -55,6 +55,32 @@ def write_input(directory, ratings, movies, fmt="dat", encoding="latin-1") -> st
     return str(directory)
 
 
+def example_features(movie_ids, ratings, years, genres, position, max_context_length,
+                     max_context_movie_genre_length) -> dict[str, list]:
+    """Features of one example as Python lists: the contract's slow, obvious definition,
+    the oracle the job's encoder is checked against.
+
+    Args:
+      movie_ids, ratings, years, genres: one user's timeline, already ordered; genres[j] is
+        the list of genres of movie j.
+      position: index of the label movie (>= 1).
+    Returns:
+      {feature name: list} with the lengths of schema.features().
+    """
+    start, end = max(0, position - max_context_length), position
+    pad = max_context_length - (end - start)
+    flat = [g.encode() for j in range(start, end) for g in genres[j]]
+    flat = flat[:max_context_movie_genre_length]
+    return {
+        schema.CONTEXT_MOVIE_ID: list(movie_ids[start:end]) + [schema.PAD_MOVIE_ID] * pad,
+        schema.CONTEXT_MOVIE_RATING: list(ratings[start:end]) + [schema.PAD_RATING] * pad,
+        schema.CONTEXT_MOVIE_YEAR: list(years[start:end]) + [schema.PAD_YEAR] * pad,
+        schema.CONTEXT_MOVIE_GENRE: flat
+        + [schema.PAD_GENRE] * (max_context_movie_genre_length - len(flat)),
+        schema.LABEL_MOVIE_ID: [movie_ids[position]],
+    }
+
+
 def feature_spec(metadata=None):
     import tensorflow as tf
 
