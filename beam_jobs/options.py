@@ -20,14 +20,12 @@ import difflib
 import os
 import re
 import sys
+import types
+import typing
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from beam_jobs import schema
-
-DEFAULT_SEED = 42
-DEFAULT_NUM_SHARDS = 8
-DEFAULT_MAX_BAD_FRACTION = 0.001
-DOWNLOADS = ("ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 
 
 class FlagError(ValueError):
@@ -101,41 +99,75 @@ def beam_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    """Everything that decides the job's output. Saved (minus output_dir/overwrite) in
-    metadata.json under "flags"."""
-
-    input_dir: str
-    output_dir: str
-    min_rating: float = 2.0
-    min_timeline_length: int = 3
-    max_context_length: int = schema.DEFAULT_MAX_CONTEXT_LENGTH
-    max_context_movie_genre_length: int = schema.DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH
-    split: str = "last"
-    train_fraction: float = 0.9
-    seed: int = DEFAULT_SEED
-    num_shards: int = DEFAULT_NUM_SHARDS
-    compression: str = "gzip"
-    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
-    overwrite: bool = False
-    download: str | None = None
-    read_chunk_bytes: int = 0
-
-    def recorded_flags(self) -> dict[str, Any]:
-        """The flags written to metadata.json.
-
-        output_dir and overwrite are left out on purpose: they say where and how the run
-        was written, not what the data is, and leaving them out keeps metadata.json
-        byte-identical across runs of the same input and flags (any runner, any dir).
-        read_chunk_bytes only tunes reading and never changes the output.
-        """
-        flags = dataclasses.asdict(self)
-        for key in ("output_dir", "overwrite", "read_chunk_bytes"):
-            flags.pop(key)
-        return flags
+# --- Declaring an option -------------------------------------------------------------------
+# A check is (predicate, what the value must be); errors read "--NAME: must be >= 1, got 0".
+Check = tuple[Callable[[Any], bool], str]
 
 
+def at_least(n: float, why: str = "") -> Check:
+    return (lambda v: v >= n), f"must be >= {n}" + (f" ({why})" if why else "")
+
+
+def unit_interval() -> Check:
+    return (lambda v: 0.0 <= v <= 1.0), "must be in [0, 1]"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
+           choices: tuple | None = None, check: Check | None = None, recorded: bool = True,
+           required_flag: bool | None = None) -> Any:
+    """A config field: the one place an option is declared (name and type are the field's).
+
+    Args:
+      default: the default (none: the option is required).
+      help: the flag's help text; "{default}" in it is replaced by the default as shown
+        to users (2.0 as "2").
+      choices: the allowed values (argparse's choices; checked on every config too).
+      check: (predicate, requirement) checked on the flag's value and on every config.
+      recorded: written to metadata.json "flags" (JobConfig.recorded_flags).
+      required_flag: whether the command line must give it (default: when there is no
+        default). input_dir is required by the config but may come from --download.
+    """
+    meta = {"help": help, "choices": choices, "check": check, "recorded": recorded,
+            "required_flag": (default is dataclasses.MISSING if required_flag is None
+                              else required_flag)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def help_text(f: dataclasses.Field) -> str:
+    """The help of a declared option, its default filled in."""
+    return f.metadata["help"].replace("{default}", _shown(f.default))
+
+
+def _check_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What the option's check says of `value` (None: it passes, or there is no check)."""
+    check = f.metadata["check"]
+    if check is not None and value is not None and not check[0](value):
+        return f"{check[1]}, got {value!r}"
+    return None
+
+
+def _problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for option `f` by its declaration (None: nothing)."""
+    choices = f.metadata["choices"]
+    if choices is not None and value not in choices and not (value is None and f.default is None):
+        return f"must be one of {choices}, got {value!r}"
+    return _check_problem(f, value)
+
+
+def validate(config: Any) -> None:
+    """Raises FlagError("--name: problem") for the first option of the dataclass `config`
+    whose value its declaration refuses."""
+    for f in dataclasses.fields(config):
+        problem = _problem(f, getattr(config, f.name))
+        if problem:
+            raise FlagError(f"--{f.name}: {problem}")
+
+
+# argparse converters by field type: one-line messages that name what was expected.
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -150,33 +182,115 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes"):
         return True
     if text.lower() in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+_CONVERTERS = {int: _int, float: _float, bool: _bool, str: str}
+
+
+def _converter(f: dataclasses.Field, kind: type):
+    convert = _CONVERTERS[kind]
+    if f.metadata["check"] is None:
+        return convert
+
+    def checked(text: str):
+        value = convert(text)
+        problem = _check_problem(f, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    checked.__name__ = convert.__name__  # argparse names the type in some messages
+    return checked
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Adds one --flag per field of the dataclass `cls`, declared with option(): same name,
+    type, default, help, choices and check. A bool flag takes an optional value
+    (--overwrite, --overwrite=false)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kwargs: dict[str, Any] = {"type": _converter(f, kind), "help": help_text(f)}
+        if f.metadata["choices"] is not None:
+            kwargs["choices"] = f.metadata["choices"]
+        if kind is bool:
+            kwargs.update(nargs="?", const=True)
+        if f.metadata["required_flag"]:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = None if f.default is dataclasses.MISSING else f.default
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+DOWNLOADS = ("ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Everything that decides the job's output: every job flag, declared once (option()).
+    The recorded ones are saved in metadata.json under "flags" (recorded_flags). Values are
+    checked when a config is made (FlagError), from flags or in code."""
+
+    input_dir: str = option(
+        help="Directory (or gs:// prefix) holding ratings.dat+movies.dat (ML-1M) or "
+        "ratings.csv+movies.csv (ML-20M/25M/latest). With --download: where the release is "
+        "unpacked (default ~/.cache/seqrec/movielens).", required_flag=False)
+    # output_dir and overwrite say where and how the run was written, not what the data
+    # is: left out of metadata.json, which stays byte-identical across runs of the same
+    # input and flags (any runner, any directory).
+    output_dir: str = option(help="Output directory or gs:// URI.", recorded=False)
+    min_rating: float = option(2.0, "Keep ratings >= this (default {default}).")
+    min_timeline_length: int = option(3, "Drop users with fewer kept ratings (default "
+                                      "{default}).", check=at_least(1))
+    max_context_length: int = option(
+        schema.DEFAULT_MAX_CONTEXT_LENGTH,
+        "Context movies per example, right-padded (default {default}).", check=at_least(1))
+    max_context_movie_genre_length: int = option(
+        schema.DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH,
+        "Flattened context genres per example, truncated/padded (default {default}).",
+        check=at_least(1))
+    split: str = option(
+        "last", "last: each user's last example is test (default, leak-free); random: a "
+        "stable hash of (user, position, seed) < train_fraction is train.",
+        choices=("last", "random"))
+    train_fraction: float = option(0.9, "Train share for --split=random (default {default}).",
+                                   check=unit_interval())
+    seed: int = option(42, "Seed of the random split hash (default {default}).")
+    num_shards: int = option(
+        8, "Shards per split; users are assigned to shards by a stable hash (default "
+        "{default}: enough files for 8 readers, few enough to stay large on ML-1M).",
+        check=at_least(1))
+    compression: str = option("gzip", "Shard compression (default {default}).",
+                              choices=tuple(sorted(schema.COMPRESSIONS)))
+    max_bad_fraction: float = option(
+        0.001, "Fail when (malformed + unknown-movie) rating lines / rating lines exceeds "
+        "this (default {default}: a few stray lines pass, a wrong file format fails).",
+        check=unit_interval())
+    overwrite: bool = option(
+        False, "Replace a finished run in output_dir (its _SUCCESS is removed first).",
+        recorded=False)
+    download: str | None = option(
+        None, "Fetch this official GroupLens release (SHA-256 checked) and use it as input. "
+        "Base URL: --download_base_url or $SEQREC_MOVIELENS_BASE_URL.", choices=DOWNLOADS)
+    # Only tunes reading; never changes the output, so it is not recorded either.
+    read_chunk_bytes: int = option(
+        0, "Bytes of ratings per parallel read task (default {default}: automatic). Never "
+        "changes the output.", check=at_least(0), recorded=False)
+
+    __post_init__ = validate
+
+    def recorded_flags(self) -> dict[str, Any]:
+        """The flags written to metadata.json: every option declared recorded."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata["recorded"]}
 
 
 PROG = "python -m beam_jobs.pipeline"
@@ -187,6 +301,7 @@ VERBOSITY = {0: "the job's own progress lines, warnings and errors, and Dataflow
 
 
 def make_parser(prog: str = PROG) -> StrictParser:
+    """The job's flags: JobConfig's options, then two that do not change the output."""
     p = StrictParser(
         prog=prog,
         description="MovieLens ratings -> per-user timelines -> tf.train.Example shards "
@@ -194,47 +309,9 @@ def make_parser(prog: str = PROG) -> StrictParser:
         "Beam pipeline options (--runner, --project, --direct_num_workers, ...); anything "
         "else is refused, and no flag may be abbreviated.",
     )
-    p.add_argument("--input_dir", default=None,
-                   help="Directory (or gs:// prefix) holding ratings.dat+movies.dat (ML-1M) or "
-                   "ratings.csv+movies.csv (ML-20M/25M/latest). With --download: where the "
-                   "release is unpacked (default ~/.cache/seqrec/movielens).")
-    p.add_argument("--output_dir", required=True, help="Output directory or gs:// URI.")
-    p.add_argument("--min_rating", type=_float, default=2.0,
-                   help="Keep ratings >= this (default 2).")
-    p.add_argument("--min_timeline_length", type=_positive_int, default=3,
-                   help="Drop users with fewer kept ratings (default 3).")
-    p.add_argument("--max_context_length", type=_positive_int,
-                   default=schema.DEFAULT_MAX_CONTEXT_LENGTH,
-                   help="Context movies per example, right-padded (default 10).")
-    p.add_argument("--max_context_movie_genre_length", type=_positive_int,
-                   default=schema.DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH,
-                   help="Flattened context genres per example, truncated/padded (default 10).")
-    p.add_argument("--split", choices=("last", "random"), default="last",
-                   help="last: each user's last example is test (default, leak-free); random: "
-                   "a stable hash of (user, position, seed) < train_fraction is train.")
-    p.add_argument("--train_fraction", type=_fraction, default=0.9,
-                   help="Train share for --split=random (default 0.9).")
-    p.add_argument("--seed", type=_int, default=DEFAULT_SEED,
-                   help=f"Seed of the random split hash (default {DEFAULT_SEED}).")
-    p.add_argument("--num_shards", type=_positive_int, default=DEFAULT_NUM_SHARDS,
-                   help=f"Shards per split; users are assigned to shards by a stable hash "
-                   f"(default {DEFAULT_NUM_SHARDS}: enough files for 8 readers, few enough to "
-                   "stay large on ML-1M).")
-    p.add_argument("--compression", choices=sorted(schema.COMPRESSIONS), default="gzip",
-                   help="Shard compression (default gzip).")
-    p.add_argument("--max_bad_fraction", type=_fraction, default=DEFAULT_MAX_BAD_FRACTION,
-                   help="Fail when (malformed + unknown-movie) rating lines / rating lines "
-                   f"exceeds this (default {DEFAULT_MAX_BAD_FRACTION}: a few stray lines pass, a "
-                   "wrong file format fails).")
-    p.add_argument("--overwrite", type=_bool, nargs="?", const=True, default=False,
-                   help="Replace a finished run in output_dir (its _SUCCESS is removed first).")
-    p.add_argument("--download", choices=DOWNLOADS, default=None,
-                   help="Fetch this official GroupLens release (SHA-256 checked) and use it as "
-                   "input. Base URL: --download_base_url or $SEQREC_MOVIELENS_BASE_URL.")
+    add_options(p, JobConfig)
+    # A test hook for --download (where the zips are served from), not an option.
     p.add_argument("--download_base_url", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--read_chunk_bytes", type=_non_negative_int, default=0,
-                   help="Bytes of ratings per parallel read task (default 0: automatic). "
-                   "Never changes the output.")
     # Not part of JobConfig: how much is logged never changes the output.
     p.add_argument("-v", "--verbosity", type=_int, choices=sorted(VERBOSITY), nargs="?",
                    const=1, default=0, metavar="N",

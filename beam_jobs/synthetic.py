@@ -107,30 +107,25 @@ NOUNS = ("Kiss", "War", "Bride", "Hunter", "Return", "Journey", "Party", "Promis
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Flags of one generator run (all outputs are a pure function of these)."""
+    """Flags of one generator run (all outputs are a pure function of these), each declared
+    once (options.option): the command line derives from these fields, and a value the
+    generator cannot use raises options.FlagError ("--flag: problem") when a Config is made."""
 
-    num_users: int = ML1M_USERS
-    num_movies: int = ML1M_MOVIES
-    ratings_per_user: float = ML1M_RATINGS / ML1M_USERS
-    seed: int = 0
-    format: str = "dat"
-    block_size: int = 1000
+    num_users: int = options.option(ML1M_USERS, check=options.at_least(1))
+    num_movies: int = options.option(
+        ML1M_MOVIES, check=options.at_least(
+            math.ceil(MIN_RATINGS / MAX_RATED_FRACTION),
+            f"every user rates >= {MIN_RATINGS} distinct movies"))
+    ratings_per_user: float = options.option(
+        ML1M_RATINGS / ML1M_USERS, "mean ratings per user (default: ML-1M's 1,000,209 / 6,040)",
+        check=options.at_least(MIN_RATINGS))
+    seed: int = options.option(0)
+    format: str = options.option("dat", choices=("dat", "csv"))
+    block_size: int = options.option(
+        1000, "users generated at once (memory only: output does not depend on it)",
+        check=options.at_least(1))
 
-    def validate(self) -> None:
-        """Raises ValueError("--flag: problem") for a value the generator cannot use."""
-        if self.num_users < 1:
-            raise ValueError(f"--num_users: must be >= 1, got {self.num_users}")
-        min_movies = math.ceil(MIN_RATINGS / MAX_RATED_FRACTION)
-        if self.num_movies < min_movies:
-            raise ValueError(f"--num_movies: must be >= {min_movies} (every user rates >= "
-                             f"{MIN_RATINGS} distinct movies), got {self.num_movies}")
-        if not self.ratings_per_user >= MIN_RATINGS:
-            raise ValueError(f"--ratings_per_user: must be >= {MIN_RATINGS}, "
-                             f"got {self.ratings_per_user}")
-        if self.format not in ("dat", "csv"):
-            raise ValueError(f"--format: must be 'dat' or 'csv', got {self.format!r}")
-        if self.block_size < 1:
-            raise ValueError(f"--block_size: must be >= 1, got {self.block_size}")
+    __post_init__ = options.validate
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -376,7 +371,6 @@ def _format_ratings(cfg: Config, users, ids, stars, ts, half) -> str:
 
 def generate(cfg: Config, output_dir: str) -> dict:
     """Writes the ratings and movies files into output_dir; returns counts."""
-    cfg.validate()
     os.makedirs(output_dir, exist_ok=True)
     movies = make_movies(cfg)
     counts = ratings_counts(cfg)
@@ -406,16 +400,8 @@ def parse_args(argv: list[str], prog: str = PROG) -> tuple[str, Config]:
     or a bad value raises options.FlagError naming it (and the closest flag); --help
     prints the help and raises SystemExit(0)."""
     p = options.StrictParser(prog=prog, description=__doc__.split("\n")[0])
-    d = Config()
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--num_users", type=int, default=d.num_users)
-    p.add_argument("--num_movies", type=int, default=d.num_movies)
-    p.add_argument("--ratings_per_user", type=float, default=d.ratings_per_user,
-                   help="mean ratings per user (default: ML-1M's 1,000,209 / 6,040)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--format", choices=("dat", "csv"), default=d.format)
-    p.add_argument("--block_size", type=int, default=d.block_size,
-                   help="users generated at once (memory only: output does not depend on it)")
+    options.add_options(p, Config)
     args, unknown = p.parse_known_args(argv)
     options.refuse_unknown(unknown, options.flag_names(p), prog)
     out = args.output_dir
@@ -431,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
     prog = options.prog("beam_jobs.synthetic") if argv is None else PROG
     try:
         out, cfg = parse_args(sys.argv[1:] if argv is None else list(argv), prog)
-        cfg.validate()
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     except ValueError as e:  # options.FlagError too
