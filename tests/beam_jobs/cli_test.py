@@ -144,8 +144,8 @@ def _dir_named(tmp_path, name):
 
 @pytest.mark.parametrize("case", ["output_file", "output_under_file", "input_file",
                                   "ratings_dir", "movies_dir"])
-def test_bad_paths_fail_in_one_line(tmp_path, capsys, case):
-    good = util.write_input(tmp_path / "good", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
+def test_bad_paths_fail_in_one_line(tmp_path, capsys, case, golden_input):
+    good = golden_input
     out = tmp_path / "out"
     if case == "output_file":
         out = named = _file(tmp_path)
@@ -256,8 +256,9 @@ def test_default_run_logs_a_short_useful_stderr(tmp_path, monkeypatch):
     assert util.output_files(out) == util.output_files(tmp_path / "run")
 
 
-def test_verbosity_brings_back_beam_lines_and_logging_is_restored(tmp_path, capsys):
-    d = util.write_input(tmp_path / "in", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
+def test_verbosity_brings_back_beam_lines_and_logging_is_restored(tmp_path, capsys,
+                                                                   golden_input):
+    d = golden_input
     root = logging.getLogger()
     before = (root.level, list(root.handlers))
     rc, _, quiet = _main(capsys, f"--input_dir={d}", f"--output_dir={tmp_path / 'a'}")

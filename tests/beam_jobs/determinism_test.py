@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 
-from beam_jobs import pipeline
 from tests.beam_jobs import util
 
 
@@ -20,11 +19,10 @@ def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeyp
         f.write(b"1::2::x::3\n\n300::99999::4::5\n")
     flags = ["--split=random", "--num_shards=3", "--max_bad_fraction=0.01"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    pipeline.run([f"--input_dir={src}", f"--output_dir={a}", *flags])
+    util.run_job(src, a, *flags)
     # Different read ranges and two worker processes must not change a byte.
-    pipeline.run([f"--input_dir={src}", f"--output_dir={b}", *flags,
-                  "--read_chunk_bytes=100000", "--direct_num_workers=2",
-                  "--direct_running_mode=multi_processing"])
+    util.run_job(src, b, *flags, "--read_chunk_bytes=100000", "--direct_num_workers=2",
+                 "--direct_running_mode=multi_processing")
     files_a, files_b = util.output_files(a), util.output_files(b)
     assert sorted(files_a) == sorted(files_b)
     assert len([n for n in files_a if n.startswith("train/")]) == 3

@@ -115,7 +115,7 @@ def test_movies_table_rows():
     assert table.titles == ["a", "b", "c"]
 
 
-def test_find_inputs_errors_name_the_file(tmp_path):
+def test_find_inputs_errors_name_the_file(tmp_path, golden_input):
     with pytest.raises(M.InputError, match="no such directory"):
         M.find_inputs(str(tmp_path / "missing"))
     empty_dir = tmp_path / "e"
@@ -132,8 +132,7 @@ def test_find_inputs_errors_name_the_file(tmp_path):
                          ["movieId,title,genres", "1,A,B"], fmt="csv")
     with pytest.raises(M.InputError, match=r"ratings\.csv: ratings file has no data lines"):
         M.find_inputs(d)
-    d = util.write_input(tmp_path / "ok", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
-    found = M.find_inputs(d)
+    found = M.find_inputs(golden_input)
     assert found.format == "dat" and found.ratings.endswith("ratings.dat")
 
 

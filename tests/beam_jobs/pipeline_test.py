@@ -11,11 +11,7 @@ from tests.beam_jobs import util
 UNK = schema.PAD_GENRE
 
 
-def _run(input_dir, output_dir, *flags):
-    return pipeline.run([f"--input_dir={input_dir}", f"--output_dir={output_dir}", *flags])
-
-
-def test_golden_example(tmp_path):
+def test_golden_example(tmp_path, golden_input):
     """Hand-computed output of a tiny input.
 
     User 7 rates (ratings.dat order): movie 3 at t=200, movie 1 at t=100, movie 4 at t=150
@@ -33,9 +29,8 @@ def test_golden_example(tmp_path):
         Adventure]. The user's last example -> test (--split=last).
     User 9 keeps 2 ratings (< 3): dropped. Vocab counts train labels: movie 2 once.
     """
-    d = util.write_input(tmp_path / "in", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
     out = str(tmp_path / "out")
-    result = _run(d, out, "--max_context_length=2", "--max_context_movie_genre_length=4",
+    result = util.run_job(golden_input, out, "--max_context_length=2", "--max_context_movie_genre_length=4",
                   "--num_shards=3", "--compression=none")
     assert util.read_split(out, schema.TRAIN) == [{
         "context_movie_id": [1, 0], "context_movie_rating": [5.0, 0.0],
@@ -102,7 +97,7 @@ def _key(f):
 
 def test_sample_matches_plain_python_definition(tmp_path):
     out = str(tmp_path / "out")
-    result = _run(util.SAMPLE, out, "--num_shards=4")
+    result = util.run_job(util.SAMPLE, out, "--num_shards=4")
     train, test = _expected_from_raw(util.SAMPLE)
     got_train = util.read_split(out, schema.TRAIN)
     got_test = util.read_split(out, schema.TEST)
@@ -131,7 +126,7 @@ def test_csv_layout_with_random_split(tmp_path):
         for t, (m, r) in enumerate([(1, 4.5), (2, 3.5), (3, 1.5), (2, 5.0), (3, 2.0)])]
     d = util.write_input(tmp_path / "in", ratings, movies, fmt="csv", encoding="utf-8")
     out = str(tmp_path / "out")
-    _run(d, out, "--split=random", "--train_fraction=0.5", "--seed=3", "--num_shards=2")
+    util.run_job(d, out, "--split=random", "--train_fraction=0.5", "--seed=3", "--num_shards=2")
     meta = util.read_metadata(out)
     # Per user: 4 kept ratings (1.5 < 2) -> 3 examples; 39 users.
     assert meta["input"]["format"] == "csv"
@@ -174,7 +169,7 @@ def test_bad_lines_are_counted_and_set_aside(tmp_path):
     d = util.write_input(tmp_path / "in", raw, util.GOLDEN_MOVIES + ["bad movie line"])
     out = str(tmp_path / "out")
     # 17-byte read ranges: lines are numbered across many ranges.
-    result = _run(d, out, "--max_bad_fraction=0.6", "--read_chunk_bytes=17", "--num_shards=1")
+    result = util.run_job(d, out, "--max_bad_fraction=0.6", "--read_chunk_bytes=17", "--num_shards=1")
     with open(os.path.join(out, schema.ERRORS_DIR, "ratings.dat.tsv")) as f:
         rows = [line.split("\t") for line in f.read().splitlines()]
     assert rows[0] == ["file", "line", "reason", "text"]
@@ -202,7 +197,7 @@ def test_too_many_bad_lines_fail_without_success(tmp_path, capsys):
     d = util.write_input(tmp_path / "in", BAD_RATINGS, util.GOLDEN_MOVIES)
     out = str(tmp_path / "out")
     with pytest.raises(Exception, match="--max_bad_fraction=0.001"):
-        _run(d, out, "--num_shards=1")
+        util.run_job(d, out, "--num_shards=1")
     assert not os.path.exists(os.path.join(out, schema.SUCCESS_FILE))
     assert not os.path.exists(os.path.join(out, schema.METADATA_FILE))
     # The set-aside lines the message points to are already written.
@@ -216,11 +211,11 @@ def test_too_many_bad_lines_fail_without_success(tmp_path, capsys):
     assert "ratings.dat" in err
 
 
-def test_output_dir_rules(tmp_path, capsys):
-    good = util.write_input(tmp_path / "good", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
+def test_output_dir_rules(tmp_path, capsys, golden_input):
+    good = golden_input
     bad = util.write_input(tmp_path / "bad", BAD_RATINGS, util.GOLDEN_MOVIES)
     out = str(tmp_path / "out")
-    _run(good, out, "--num_shards=2")
+    util.run_job(good, out, "--num_shards=2")
     assert os.path.exists(os.path.join(out, schema.SUCCESS_FILE))
     # A finished run is refused before any work starts.
     assert pipeline.main([f"--input_dir={good}", f"--output_dir={out}"]) == 2
@@ -228,7 +223,7 @@ def test_output_dir_rules(tmp_path, capsys):
     # --overwrite removes the old _SUCCESS first; this run then fails: no _SUCCESS, and
     # the old shards (2 of them) are gone rather than mixed with the new ones (1).
     with pytest.raises(Exception, match="max_bad_fraction"):
-        _run(bad, out, "--overwrite", "--num_shards=1")
+        util.run_job(bad, out, "--overwrite", "--num_shards=1")
     assert not os.path.exists(os.path.join(out, schema.SUCCESS_FILE))
     assert sorted(os.listdir(os.path.join(out, schema.TRAIN))) == [schema.shard_name(0, 1)]
 
@@ -246,9 +241,8 @@ def test_unusable_input_stops_at_once(tmp_path, capsys, setup, message):
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_multi_threading_direct_runner_is_refused(tmp_path, capsys):
-    d = util.write_input(tmp_path / "in", util.GOLDEN_RATINGS, util.GOLDEN_MOVIES)
-    assert pipeline.main([f"--input_dir={d}", f"--output_dir={tmp_path / 'out'}",
+def test_multi_threading_direct_runner_is_refused(tmp_path, capsys, golden_input):
+    assert pipeline.main([f"--input_dir={golden_input}", f"--output_dir={tmp_path / 'out'}",
                           "--direct_num_workers=2",
                           "--direct_running_mode=multi_threading"]) == 2
     assert "--direct_running_mode=multi_threading loses records" in capsys.readouterr().err

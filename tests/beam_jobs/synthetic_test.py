@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from beam_jobs import synthetic
+from tests.beam_jobs import util
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SAMPLE = os.path.join(ROOT, "data", "sample")
 SMALL = synthetic.Config(num_users=400, num_movies=300, ratings_per_user=60, seed=3)
 
 
@@ -144,14 +143,15 @@ def test_bad_flags_name_the_flag(tmp_path):
 
 
 def test_committed_sample_regenerates_identically(tmp_path):
-    readme = _read(os.path.join(SAMPLE, "README.md"), "r")
+    readme = _read(os.path.join(util.SAMPLE, "README.md"), "r")
     command = next(line.strip() for line in readme.splitlines()
                    if "python -m beam_jobs.synthetic" in line)  # fmt: skip
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "beam_jobs.synthetic"]
     argv = [sys.executable, *argv[1:]]
     argv = [f"--output_dir={tmp_path}" if a.startswith("--output_dir") else a for a in argv]
-    subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(argv, cwd=util.ROOT, check=True, capture_output=True)
     for name in ("ratings.dat", "movies.dat"):
-        assert _read(tmp_path / name) == _read(os.path.join(SAMPLE, name)), name
-    assert sum(os.path.getsize(os.path.join(SAMPLE, n)) for n in os.listdir(SAMPLE)) < 1 << 20
+        assert _read(tmp_path / name) == _read(os.path.join(util.SAMPLE, name)), name
+    assert sum(os.path.getsize(os.path.join(util.SAMPLE, n))
+               for n in os.listdir(util.SAMPLE)) < 1 << 20

@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import movielens, outputs, pipeline, schema, shards
 from beam_jobs.options import JobConfig
+from beam_jobs.timelines import shard_of_user
 from tests.beam_jobs import util
 
 RATINGS = [
@@ -42,7 +43,6 @@ def test_read_movies_read_ratings_resolve_lines(tmp_path):
             (kv[0], u, m, float(r), t) for u, m, r, t in zip(
                 kv[1].user.tolist(), kv[1].movie.tolist(), kv[1].rating.tolist(),
                 kv[1].timestamp.tolist(), strict=True)])
-        from beam_jobs.timelines import shard_of_user
         s7, s9 = shard_of_user(7, 2), shard_of_user(9, 2)
         assert_that(rows, equal_to([
             (s7, 7, 3, 4.0, 978300200), (s7, 7, 1, 5.0, 978300100), (s7, 7, 2, 3.0, 978300100),
@@ -70,7 +70,6 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
     table, _, _ = movielens.parse_movies(
         "".join(x + "\n" for x in util.GOLDEN_MOVIES).encode(), "dat")
     inputs = movielens.InputFiles("dat", "in/ratings.dat", "in/movies.dat", 1, 1)
-    from beam_jobs.timelines import shard_of_user
     s7 = shard_of_user(7, 3)
     with test_pipeline.TestPipeline() as p:
         movies = p | "Movies" >> beam.Create([outputs.MoviesStats(table, 4, {})])
