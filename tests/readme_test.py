@@ -35,8 +35,8 @@ FILES = {
     "--input_dir=/tmp/seqrec/raw": ["data/_SUCCESS", "data/metadata.json", "data/vocab.tsv"],
     "--download=ml-1m": ["ml1m-data/_SUCCESS", "ml1m-data/metadata.json"],
     "--model_dir=/tmp/seqrec/model ": ["model/metrics.json", "model/config.json",
-                                       "model/export/saved_model.pb"],
-    "--preset=tutorial": ["tutorial/metrics.json", "tutorial/export/saved_model.pb"],
+                                       "model/export/1/saved_model.pb", "model/export/LATEST"],
+    "--preset=tutorial": ["tutorial/metrics.json", "tutorial/export/1/saved_model.pb"],
 }
 
 

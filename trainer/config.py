@@ -203,6 +203,12 @@ class TrainerConfig:
     eval_exclude_context: bool = option(
         False, "Evaluation does not rank the movies of the query's own context.")
     export: bool = option(True, "Export a SavedModel at the end (see --export_dir).")
+    export_k: int = option(100, "Recommendations per query in the export's signatures (at "
+                           "most the vocabulary).", check=at_least(1))
+    export_versions: bool = option(
+        True, "Write each export to EXPORT_DIR/<version>/ (1, 2, ...: TF Serving's layout) and "
+        "EXPORT_DIR/LATEST; --noexport_versions writes the SavedModel into EXPORT_DIR itself "
+        f"(Vertex AI's convention for ${AIP_MODEL_DIR}: the default when it gives --export_dir).")
 
     __post_init__ = _validate
 
@@ -418,6 +424,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
         if not flag_values[name].present and environ.get(var):
             values[name] = environ[var]
             logging.info("--%s=%s (from $%s)", name, values[name], var)
+            if name == "export_dir" and not flag_values["export_versions"].present:
+                values["export_versions"] = False  # Vertex reads the SavedModel right there
     if not values["model_dir"] and environ.get(AIP_MODEL_DIR):
         # Vertex sets AIP_MODEL_DIR to BASE/model; BASE is the run's directory.
         values["model_dir"] = environ[AIP_MODEL_DIR].rstrip("/").rsplit("/", 1)[0]

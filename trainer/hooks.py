@@ -52,11 +52,17 @@ class Evaluator:
 
 
 def export_savedmodel(model, info: data.DataInfo, cfg: TrainConfig, is_chief: bool) -> None:
-    """Exports the towers (trainer/export.py) to cfg.export_uri. Every worker
-    exports (saving may take part in collectives); only the chief there, the
-    others into a temporary directory that is deleted."""
-    target = cfg.export_uri if is_chief else tempfile.mkdtemp(prefix="seqrec-worker-export-")
-    export.export_model(model.query_model, model.candidate_model, info.movie_ids, target,
-                        schema.join(info.data_dir, schema.VOCAB_FILE))
+    """Exports the towers (trainer/export.py) to cfg.export_uri: a new numbered version
+    (or the directory itself with --noexport_versions). Every worker exports (saving
+    may take part in collectives); only the chief there, the others into a temporary
+    directory that is deleted."""
+    args = (model.query_model, model.candidate_model, info.movie_ids,
+            schema.join(info.data_dir, schema.VOCAB_FILE), cfg.trainer.export_k)
     if not is_chief:
-        shutil.rmtree(target, ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix="seqrec-worker-export-")
+        export.export_model(*args[:3], tmp, *args[3:])
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif cfg.trainer.export_versions:
+        logging.info("Exported version %s", export.export_version(cfg.export_uri, *args))
+    else:
+        export.export_model(*args[:3], cfg.export_uri, *args[3:])

@@ -2,18 +2,19 @@
 
     python -m trainer.recommend --model_dir=URI --history=2858,260,1196 [--k=10]
 
-Reads only `model_dir/export` (written by trainer.train through
-trainer.export): the SavedModel and its vocab.tsv asset. The history is a
-comma-separated list of MovieLens ids, oldest first; its last L ids (L = the
-context length the model was trained with) are right-padded with 0 exactly
-like the training contexts.
+Reads only the newest export (written by trainer.train through trainer.export):
+MODEL_DIR/export/LATEST's version, or --export_dir; the SavedModel and its
+vocab.tsv asset. The history is a comma-separated list of MovieLens ids, oldest
+first; its last L ids (L = the context length the model was trained with) are
+right-padded with 0 exactly like the training contexts.
 
-Unknown ids are an error naming them (not a warning): the vocabulary holds
-every movie of movies.dat, so an id outside it is a typo or a different
-dataset, and silently embedding it as "unknown" would hide that. Movies of
-the whole history are left out of the recommendations unless
---no-exclude_history (the last L by the serving_exclude_context signature,
-older ones by filtering its results, so fewer than --k may remain).
+Unknown ids are an error naming them here: the vocabulary holds every movie of
+movies.dat, so an id typed outside it is a typo or a different dataset. (A
+serving signature cannot ask back: it leaves unknown ids out of the history and
+counts them in its `unknown_ids` output.) Movies of the whole history are left
+out of the recommendations unless --no-exclude_history (the last L by the
+serving_exclude_context signature, older ones by filtering its results, so
+fewer than --k may remain).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from beam_jobs import schema
 # TensorFlow is imported inside the functions that use it, so --help and flag errors
 # answer at once (importing it takes seconds).
 
-EXPORT_SUBDIR = "export"  # == trainer.export.EXPORT_SUBDIR (not imported: keeps startup light)
+EXPORT_SUBDIR = "export"  # MODEL_DIR/export: trainer.config's default --export_dir
 
 
 class UsageError(ValueError):
@@ -59,12 +60,15 @@ def context_row(history: Sequence[int], length: int) -> list[int]:
 def _load(model_dir: str | None, export_dir: str | None = None):
     import tensorflow as tf
 
+    from trainer import export
+
     flag = "--export_dir" if export_dir else "--model_dir"
-    export_dir = export_dir or _export_dir_of(model_dir)
-    if not tf.io.gfile.exists(schema.join(export_dir, "saved_model.pb")):
+    base = export_dir or _export_dir_of(model_dir)
+    export_dir = export.latest(base)
+    if export_dir is None:
         raise UsageError(
-            f"{flag}: no exported model at {export_dir} (expected saved_model.pb there); "
-            "train with trainer.train --export first"
+            f"{flag}: no exported model at {base} (expected saved_model.pb there, or numbered "
+            "versions); train with trainer.train --export first"
         )
     loaded = tf.saved_model.load(export_dir)
     vocab_path = loaded.vocab.asset_path.numpy().decode()
@@ -89,8 +93,8 @@ def _export_dir_of(model_dir: str) -> str:
 
 def recommend(model_dir: str | None, history: Sequence[int], k: int = 10,
               exclude_history: bool = True, export_dir: str | None = None):
-    """Top-k recommendations for one history, from `export_dir` (default:
-    model_dir/export).
+    """Top-k recommendations for one history, from the newest export under
+    `export_dir` (default: model_dir/export, or where the run's config.json says).
 
     Returns:
       (vocab {id: row}, [(movie_id, score), ...] best first, context length L).
@@ -106,8 +110,7 @@ def recommend(model_dir: str | None, history: Sequence[int], k: int = 10,
         )
     name = "serving_exclude_context" if exclude_history else "serving_default"
     serve = loaded.signatures[name]
-    _, inputs = serve.structured_input_signature
-    length = inputs[schema.CONTEXT_MOVIE_ID].shape[1]
+    length = int(loaded.context_length.numpy())
     available = serve.structured_outputs["movie_ids"].shape[1]
     if not 1 <= k <= available:
         raise UsageError(f"--k must be between 1 and {available} (the exported k), got {k}")

@@ -34,9 +34,10 @@ def test_train_resume_and_recommend_on_gcs(gcs_emulator, gcs_bucket, data_uri):
     names = util.names(gcs_emulator, gcs_bucket, "runs/1/")
     last = f"runs/1/checkpoints/ckpt-{util.STEPS_PER_EPOCH}"
     for expected in (f"{last}.index", "runs/1/checkpoints/checkpoint", "runs/1/config.json",
-                     "runs/1/metrics.json", "runs/1/export/saved_model.pb",
-                     "runs/1/export/assets/vocab.tsv"):
+                     "runs/1/metrics.json", "runs/1/export/1/saved_model.pb",
+                     "runs/1/export/1/assets/vocab.tsv", "runs/1/export/LATEST"):
         assert expected in names, names
+    assert not [n for n in names if n.startswith("runs/1/export/.tmp-")], names
     assert any(n.startswith("runs/1/train/events.out.tfevents.") for n in names), names
     assert any(n.startswith("runs/1/eval/events.out.tfevents.") for n in names), names
     metrics = json.loads(util.read(gcs_emulator, gcs_bucket, "runs/1/metrics.json"))

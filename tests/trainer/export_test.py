@@ -53,11 +53,16 @@ def test_signature_spec(hand_export):
     loaded, _ = hand_export
     serve = loaded.signatures["serving_default"]
     _, inputs = serve.structured_input_signature
+    # Histories of any length (the last L = 3 are read).
     assert inputs == {
-        schema.CONTEXT_MOVIE_ID: tf.TensorSpec([None, 3], tf.int64, schema.CONTEXT_MOVIE_ID)
+        schema.CONTEXT_MOVIE_ID: tf.TensorSpec([None, None], tf.int64, schema.CONTEXT_MOVIE_ID)
     }
-    assert serve.structured_outputs["movie_ids"].shape.as_list() == [None, 3]
-    assert serve.structured_outputs["scores"].shape.as_list() == [None, 3]
+    outputs = serve.structured_outputs
+    assert outputs["movie_ids"].shape.as_list() == [None, 3]
+    assert outputs["scores"].shape.as_list() == [None, 3]
+    assert outputs["titles"].shape.as_list() == [None, 3] and outputs["titles"].dtype == tf.string
+    assert outputs["unknown_ids"].shape.as_list() == [None]
+    assert int(loaded.context_length.numpy()) == 3
 
 
 def test_exclude_context_signature(hand_export):
@@ -88,11 +93,13 @@ def test_real_towers_match_brute_force(tmp_path):
         k=100,
     )
     loaded = tf.saved_model.load(path)
-    # Unknown id 999 goes to the OOV row and 0 is padding, as in training.
+    # Unknown id 999 is left out of the history (and counted); 0 is padding.
     context = tf.constant([[3, 7, 0, 0], [5, 999, 2, 1]], tf.int64)
     out = loaded.signatures["serving_default"](context_movie_id=context)
     assert out["movie_ids"].shape == (2, 49)  # k capped at V
-    scores = query_model(context).numpy() @ candidate_model(tf.constant(vocab, tf.int64)).numpy().T
+    np.testing.assert_array_equal(out["unknown_ids"], [0, 1])
+    read = tf.constant([[3, 7, 0, 0], [5, 2, 1, 0]], tf.int64)
+    scores = query_model(read).numpy() @ candidate_model(tf.constant(vocab, tf.int64)).numpy().T
     want = np.array(vocab)[np.argsort(-scores, axis=1, kind="stable")]
     np.testing.assert_array_equal(out["movie_ids"], want)
     np.testing.assert_allclose(out["scores"], -np.sort(-scores, axis=1), rtol=1e-5, atol=1e-6)

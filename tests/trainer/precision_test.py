@@ -102,7 +102,7 @@ def test_trains_in_16_bits_on_two_replicas(data_dir, tmp_path, policy):
     with open(os.path.join(str(tmp_path), "config.json")) as f:
         assert json.load(f)["model"]["dtype_policy"] == policy
     # The export serves float32 scores.
-    loaded = tf.saved_model.load(os.path.join(str(tmp_path), "export"))
+    loaded = tf.saved_model.load(os.path.join(str(tmp_path), "export", "1"))
     out = loaded.signatures["serving_default"](context_movie_id=_contexts(4, 10))
     assert out["scores"].dtype == tf.float32
     with pytest.raises(checkpoints.ModelDirError,

@@ -241,7 +241,7 @@ def test_shared_run_exports_the_prior_and_refuses_a_mismatched_resume(data_dir, 
     m, _ = task.RetrievalTask(info, cfg).build_model(tf.distribute.get_strategy())
     tf.train.Checkpoint(model=m).restore(checkpoints.latest(cfg.checkpoints_uri)).expect_partial()
     context = tf.constant([[10, 17, 24] + [0] * (info.context_length - 3)], tf.int64)
-    served = tf.saved_model.load(os.path.join(cfg.model_dir, "export")).signatures[
+    served = tf.saved_model.load(os.path.join(cfg.model_dir, "export", "1")).signatures[
         "serving_default"](context_movie_id=context)
     table = m.candidate_model.get_layer("movie_embedding").get_weights()[0]
     rows = model._lookup(info.movie_ids, "x")(tf.constant(served["movie_ids"][0])).numpy()

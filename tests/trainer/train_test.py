@@ -67,7 +67,10 @@ def test_trains_on_two_replicas_and_writes_model_dir(trained):
     with open(os.path.join(cfg.model_dir, "config.json")) as f:
         assert TrainConfig.from_dict(json.load(f)) == cfg
     assert tf.train.latest_checkpoint(checkpoints.checkpoint_dir(cfg.model_dir)).endswith(f"ckpt-{total}")
-    assert os.path.exists(os.path.join(cfg.model_dir, "export", "saved_model.pb"))
+    # The first export: version 1, and the LATEST pointer.
+    assert os.path.exists(os.path.join(cfg.model_dir, "export", "1", "saved_model.pb"))
+    with open(os.path.join(cfg.model_dir, "export", "LATEST")) as f:
+        assert f.read() == "1\n"
 
     losses = _losses(cfg.model_dir)
     assert len(losses) == total
@@ -136,8 +139,11 @@ def test_data_dir_without_success(tmp_path):
 
 
 def test_damaged_shard_stops_training_naming_the_file(tmp_path):
+    # A data_dir without a manifest: with one, the damage is refused before
+    # training (integrity_test.py); without, it is found while training.
     data_dir = str(tmp_path / "d")
-    datadir.write_data_dir(data_dir, num_users=120, train_shards=2, compression="none")
+    datadir.write_data_dir(data_dir, num_users=120, train_shards=2, compression="none",
+                           manifest=False)
     bad = os.path.join(data_dir, "train", schema.shard_name(1, 2, "none"))
     with open(bad, "r+b") as f:
         f.seek(os.path.getsize(bad) // 2)
