@@ -1,0 +1,124 @@
+"""Serving speed of the exported SavedModel (trainer/export.py), as a server calls it.
+
+    python -m bench.serve [--calls=300] [--users=6040]
+
+For each catalogue size (MovieLens 1M: 3,883 movies; MovieLens 25M: 62,423) the
+default towers (trainer.config defaults: 96-d, 32-unit GRU, the popularity prior;
+random weights: speed does not depend on them) are exported with `export_model`
+and loaded back with plain `tf.saved_model.load`, then:
+
+- online latency of `serving_default`, batch 1 and batch 64: p50 / p99 over --calls
+  calls, after warm-up;
+- throughput at batch 1024 (queries/s, median of 20 calls);
+- all --users users recommended (k = 100): one call per user (a straightforward
+  loop over the SavedModel) against batches of 1024, users/s and the ratio.
+
+Every case of a catalogue runs in one process, one after another; the machine's load
+is printed. Not a test: numbers depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import trainer  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TF is imported)
+
+CATALOGUES = {"ML-1M": 3883, "ML-25M": 62423}
+L = 10
+
+
+def _export(num_movies: int, out: str) -> str:
+    import numpy as np
+
+    from beam_jobs import schema
+    from trainer import export, model
+    from trainer.config import ModelConfig
+
+    ids = list(range(1, num_movies + 1))
+    vocab = os.path.join(out, "vocab.tsv")
+    with open(vocab, "w") as f:
+        f.write("\t".join(schema.VOCAB_COLUMNS) + "\n")
+        f.writelines(schema.format_vocab_row(m, 1, 2000, f"Movie {m} (2000)", "Drama") + "\n"
+                     for m in ids)
+    prior = np.log(np.random.default_rng(0).uniform(1, 100, num_movies) / (50.0 * num_movies))
+    towers = model.build_towers(ids, L, ModelConfig(), log_prior=prior)
+    return export.export_model(*towers, ids, os.path.join(out, "export"), vocab, 100)
+
+
+def _histories(rng, n: int, num_movies: int):
+    import numpy as np
+
+    lengths = rng.integers(1, L + 1, n)
+    out = np.zeros((n, L), np.int64)
+    for i, k in enumerate(lengths):
+        out[i, :k] = rng.integers(1, num_movies + 1, k)
+    return out
+
+
+def _timed(fn, arg, calls: int) -> list[float]:
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn(context_movie_id=arg)["movie_ids"].numpy()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def bench(name: str, num_movies: int, calls: int, users: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = tf.saved_model.load(_export(num_movies, tmp)).signatures["serving_default"]
+        rng = np.random.default_rng(1)
+        row = {"catalogue": f"{name} ({num_movies:,} movies)"}
+        for batch in (1, 64):
+            arg = tf.constant(_histories(rng, batch, num_movies))
+            _timed(serve, arg, 20)  # warm-up (first calls trace and allocate)
+            times = sorted(_timed(serve, arg, calls))
+            row[f"b{batch}_p50_ms"] = 1000 * times[len(times) // 2]
+            row[f"b{batch}_p99_ms"] = 1000 * times[min(len(times) - 1, int(0.99 * len(times)))]
+        arg = tf.constant(_histories(rng, 1024, num_movies))
+        _timed(serve, arg, 3)
+        row["b1024_qps"] = 1024 / statistics.median(_timed(serve, arg, 20))
+        everyone = _histories(rng, users, num_movies)
+        t = time.perf_counter()
+        for i in range(users):
+            serve(context_movie_id=tf.constant(everyone[i:i + 1]))["movie_ids"].numpy()
+        row["loop_users_per_s"] = users / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(0, users, 1024):
+            serve(context_movie_id=tf.constant(everyone[i:i + 1024]))["movie_ids"].numpy()
+        row["batched_users_per_s"] = users / (time.perf_counter() - t)
+        return row
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.serve", allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=300, help="timed calls per latency case")
+    p.add_argument("--users", type=int, default=6040, help="users recommended (ML-1M: 6,040)")
+    p.add_argument("--catalogues", default=",".join(CATALOGUES),
+                   help=f"comma-separated subset of {sorted(CATALOGUES)}")
+    a = p.parse_args(argv)
+    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    rows = [bench(n, CATALOGUES[n], a.calls, a.users) for n in a.catalogues.split(",")]
+    print(f"load average after: {os.getloadavg()[0]:.2f}\n")
+    print("| catalogue | batch 1 p50 / p99 ms | batch 64 p50 / p99 ms | batch 1024 queries/s |"
+          f" all {a.users:,} users: loop users/s | batched users/s | batched / loop |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['catalogue']} | {r['b1_p50_ms']:.2f} / {r['b1_p99_ms']:.2f} | "
+              f"{r['b64_p50_ms']:.2f} / {r['b64_p99_ms']:.2f} | {r['b1024_qps']:,.0f} | "
+              f"{r['loop_users_per_s']:,.0f} | {r['batched_users_per_s']:,.0f} | "
+              f"{r['batched_users_per_s'] / r['loop_users_per_s']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
