@@ -50,11 +50,47 @@ fi
 dataflow_sa="seqrec-dataflow@${project}.iam.gserviceaccount.com"
 trainer_sa="seqrec-trainer@${project}.iam.gserviceaccount.com"
 
+bucket_objects="projects/_/buckets/${bucket}/objects"
+
+# show CMD...: prints CMD as it can be pasted into a shell (words with other characters
+# than these single-quoted).
+show() {
+  local arg line="+"
+  for arg in "$@"; do
+    if [[ "${arg}" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
+      line+=" ${arg}"
+    else
+      line+=" '${arg//\'/\'\\\'\'}'"
+    fi
+  done
+  echo "${line}"
+}
+
 run() {
-  echo "+ $*"
+  show "$@"
   if [[ ${dry_run} -eq 0 ]]; then
     "$@"
   fi
+}
+
+# revoke CMD...: like run, for a remove-iam-policy-binding whose binding may not be there.
+revoke() {
+  show "$@"
+  if [[ ${dry_run} -eq 0 ]] && ! "$@" >/dev/null 2>&1; then
+    echo "  (not granted: nothing to revoke)"
+  fi
+}
+
+# grant_prefix MEMBER ROLE PREFIX: ROLE on this bucket's objects whose names start with
+# PREFIX, and on nothing else (an IAM condition; with uniform bucket-level access the
+# bucket's IAM policy is the only one its objects have).
+grant_prefix() {
+  local member="$1" role="$2" prefix="$3"
+  local who="${member#*:}"
+  local title="${who%%@*}-${role#roles/storage.}-${prefix%/}"
+  run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --member="${member}" \
+    --role="${role}" \
+    --condition="expression=resource.name.startsWith(\"${bucket_objects}/${prefix}\"),title=${title//\//-}"
 }
 
 # exists CMD...: true when a describe command succeeds (never in --dry_run: print all).
@@ -86,17 +122,36 @@ for sa in seqrec-dataflow seqrec-trainer; do
   fi
 done
 
-# Dataflow workers: run work items (project-level role; Dataflow has no narrower one) and
-# read/write/delete objects in this bucket only (inputs, outputs, temp and staging files).
+# Dataflow workers: run work items (project-level role; Dataflow has no narrower one).
 run gcloud projects add-iam-policy-binding "${project}" --condition=None \
   --member="serviceAccount:${dataflow_sa}" --role=roles/dataflow.worker
-run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
-  --member="serviceAccount:${dataflow_sa}" --role=roles/storage.objectAdmin
 
-# Trainer: read data, write model_dir, and delete old checkpoints (CheckpointManager keeps
-# the last N), so objectAdmin on this bucket; nothing at project level.
-run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
-  --member="serviceAccount:${trainer_sa}" --role=roles/storage.objectAdmin
+# Storage, per prefix (infra/README.md, "Permissions", has the table and the reasons).
+# Older versions of this script gave both job accounts roles/storage.objectAdmin on the
+# whole bucket; that binding would outweigh the ones below, so it goes.
+for sa in "${dataflow_sa}" "${trainer_sa}"; do
+  revoke gcloud storage buckets remove-iam-policy-binding "gs://${bucket}" --condition=None \
+    --member="serviceAccount:${sa}" --role=roles/storage.objectAdmin
+done
+# Both: the bucket's metadata and its object names, not their contents
+# (roles/storage.legacyBucketReader = storage.buckets.get + storage.objects.list). A list
+# is a request on the bucket, which no object-prefix condition matches, and Beam looks the
+# bucket up before it stages files; TensorFlow lists to glob shards and checkpoints.
+for sa in "${dataflow_sa}" "${trainer_sa}"; do
+  run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
+    --member="serviceAccount:${sa}" --role=roles/storage.legacyBucketReader
+done
+# Dataflow workers, and the Flex Template launcher VM (it runs as the same account): read
+# the input; write the output (with --overwrite, delete the old one; Beam also renames
+# its temporary files there); read, write and delete temp and staging files.
+grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectViewer raw/
+grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectUser data/
+grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectUser dataflow/
+# Trainer: read the data; write runs (checkpoints, events, the export; its preflight writes
+# and deletes a probe object under each output directory; CheckpointManager deletes
+# checkpoints past --keep_checkpoints). Nothing at project level.
+grant_prefix "serviceAccount:${trainer_sa}" roles/storage.objectViewer data/
+grant_prefix "serviceAccount:${trainer_sa}" roles/storage.objectUser runs/
 
 # Both pull their images from the seqrec repository only.
 for sa in "${dataflow_sa}" "${trainer_sa}"; do
@@ -127,8 +182,10 @@ if [[ -n "${launcher}" ]]; then
     run gcloud iam service-accounts add-iam-policy-binding "${sa}" --project="${project}" \
       --member="${launcher}" --role=roles/iam.serviceAccountUser
   done
-  run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" \
-    --member="${launcher}" --role=roles/storage.objectAdmin
+  for role in roles/storage.objectAdmin roles/storage.legacyBucketReader; do
+    run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
+      --member="${launcher}" --role="${role}"
+  done
   run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
     --location="${region}" --member="${launcher}" --role=roles/artifactregistry.writer
 fi

@@ -11,7 +11,6 @@ import pytest
 from infra_paths import INFRA, ROOT, files, load, tool
 
 ENTRYPOINT = os.path.join(INFRA, "trainer", "entrypoint.sh")
-SETUP_BUCKET = os.path.join(INFRA, "gcs", "setup_bucket.sh")
 
 
 def _run(cmd, env=None, **kw):
@@ -148,41 +147,6 @@ def test_entrypoint_rejects_a_broken_cluster_env(extra, message):
     assert message in result.stderr
 
 
-def _granted(lines: list[str]) -> list[tuple[str, str, str]]:
-    """(scope, member, role) of every IAM binding the script would add."""
-    out = []
-    for line in lines:
-        if "add-iam-policy-binding" not in line:
-            continue
-        scope = line.split("add-iam-policy-binding")[0].split()[-1]  # projects/buckets/...
-        member = re.search(r"--member=(\S+)", line).group(1)
-        role = re.search(r"--role=(\S+)", line).group(1)
-        out.append((scope, member, role))
-    return out
-
-
-def test_setup_bucket_grants_least_privilege():
-    result = _run(["bash", SETUP_BUCKET, "--dry_run", "--launcher=user:me@example.com",
-                   "--gke_namespace=ml", "my-proj", "us-central1", "my-bucket"])
-    assert result.returncode == 0, result.stderr
-    grants = _granted(result.stdout.splitlines())
-    trainer = "serviceAccount:seqrec-trainer@my-proj.iam.gserviceaccount.com"
-    dataflow = "serviceAccount:seqrec-dataflow@my-proj.iam.gserviceaccount.com"
-    # Project-wide, the job accounts get only the Dataflow worker role; storage rights are
-    # on this one bucket.
-    project_roles = {(m, r) for s, m, r in grants if s == "projects"}
-    assert {(m, r) for m, r in project_roles if m in (trainer, dataflow)} == {
-        (dataflow, "roles/dataflow.worker")}
-    assert ("buckets", trainer, "roles/storage.objectAdmin") in grants
-    assert ("buckets", dataflow, "roles/storage.objectAdmin") in grants
-    # No basic roles for anyone.
-    assert not {r for _, _, r in grants} & {"roles/owner", "roles/editor", "roles/viewer"}
-    # The launcher may act as exactly the two job accounts.
-    acts_as = [line for line in result.stdout.splitlines() if "serviceAccountUser" in line]
-    assert len(acts_as) == 2
-    assert "gs://my-bucket" in result.stdout and "--public-access-prevention" in result.stdout
-
-
 def test_build_flex_template_hands_gcloud_the_generated_metadata(tmp_path):
     """The template's parameters are generated from beam_jobs.options at build time. gcloud
     is Google's tool, not ours: a stand-in first on PATH records what the script asks."""
@@ -205,9 +169,3 @@ def test_build_flex_template_hands_gcloud_the_generated_metadata(tmp_path):
                                "gs://my-bucket/templates/seqrec-v1.json --project=my-proj "
                                "--image=us-central1-docker.pkg.dev/my-proj/seqrec/dataflow:v1")
     assert json.loads(meta.read_text()) == template_metadata.metadata()
-
-
-def test_setup_bucket_rejects_a_gs_uri_as_bucket():
-    result = _run(["bash", SETUP_BUCKET, "--dry_run", "p", "us-central1", "gs://b"])
-    assert result.returncode == 2
-    assert "BUCKET must be a bucket name without gs://" in result.stderr
