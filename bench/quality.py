@@ -5,6 +5,7 @@ r"""Retrieval quality side by side: popularity, the TFRS tutorial's setup, our d
     python -m beam_jobs.pipeline --input_dir=/tmp/q/raw --output_dir=/tmp/q/random --split=random
     python bench/quality.py --last_dir=/tmp/q/last --random_dir=/tmp/q/random \
         [--markdown=bench/README_quality.md]
+    python bench/quality.py --ml100k      # real MovieLens 100K (bench/movielens100k.py)
 
 Every row is one `python -m trainer.train` run in a fresh process (same
 machine, one device, no evaluation between epochs, no export), evaluated on the
@@ -79,10 +80,21 @@ def run_row(data_dir: str, flags: list[str], work: str) -> dict:
     # shared machine.
     train_s, last_step, best = 0.0, 0, 0
     for step, rate in EPOCH_LINE.findall(proc.stderr):
-        train_s += (int(step) - last_step) * config["global_batch_size"] / int(rate)
+        train_s += (int(step) - last_step) * config["trainer"]["global_batch_size"] / int(rate)
         last_step, best = int(step), max(best, int(rate))
     return {"metrics": metrics, "train_s": train_s, "wall_s": wall, "best_rate": best,
             "config": config}
+
+
+def prepare_ml100k(work: str) -> str:
+    """Real MovieLens 100K through the Beam job (defaults: --split=last); its data_dir."""
+    raw, data_dir = os.path.join(work, "ml100k"), os.path.join(work, "ml100k-data")
+    if not os.path.exists(os.path.join(data_dir, "_SUCCESS")):
+        subprocess.run([sys.executable, "-m", "bench.movielens100k", f"--output_dir={raw}"],
+                       cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "beam_jobs.pipeline", f"--input_dir={raw}",
+                        f"--output_dir={data_dir}", "--overwrite"], cwd=ROOT, check=True)
+    return data_dir
 
 
 def table(rows: list[tuple]) -> str:
@@ -100,7 +112,11 @@ def table(rows: list[tuple]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--last_dir", required=True, help="data_dir made with --split=last")
+    p.add_argument("--last_dir", help="data_dir made with --split=last")
+    p.add_argument("--ml100k", action="store_true",
+                   help="instead of --last_dir: real MovieLens 100K (recbole 1.2.1's copy, "
+                   "fetched into a cache, never committed), converted and prepared by the Beam "
+                   "job with its defaults in the work dir")
     p.add_argument("--random_dir", help="data_dir made with --split=random (optional row)")
     p.add_argument("--row", action="append", default=[],
                    help='extra row "NAME=FLAG FLAG ..." on the last split')
@@ -118,6 +134,10 @@ def main() -> None:
     if not a.random_dir:
         rows = {k: v for k, v in rows.items() if v[0] != "random"}
     work = a.work_dir or tempfile.mkdtemp(prefix="seqrec-quality-")
+    if a.ml100k:
+        a.last_dir = prepare_ml100k(work)
+    elif not a.last_dir:
+        p.error("give --last_dir or --ml100k")
     out, popularity = [], {}
     for name, (split, flags) in rows.items():
         data_dir = a.last_dir if split == "last" else a.random_dir
