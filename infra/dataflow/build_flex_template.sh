@@ -5,6 +5,9 @@
 #
 # Image: REGION-docker.pkg.dev/PROJECT/seqrec/dataflow:TAG (Artifact Registry repository
 # "seqrec", created by infra/gcs/setup_bucket.sh). Spec: gs://BUCKET/templates/seqrec-TAG.json.
+# The image build runs as seqrec-build@PROJECT (infra/gcs/setup_bucket.sh; the caller needs
+# its --builder grants): the source is staged under gs://BUCKET/cloudbuild/source/ and the
+# log written to gs://BUCKET/cloudbuild/logs/, where the caller reads it.
 # Run it in the project's virtualenv (PYTHON: its python, default python3).
 # Then launch with:
 #   python infra/dataflow/launch.py --project=PROJECT --region=REGION --bucket=BUCKET \
@@ -38,9 +41,13 @@ steps:
     env: [DOCKER_BUILDKIT=1]
     args: [build, -f, infra/dataflow/flex_template/Dockerfile, -t, "${image}", .]
 images: ["${image}"]
+serviceAccount: projects/${project}/serviceAccounts/seqrec-build@${project}.iam.gserviceaccount.com
+logsBucket: gs://${bucket}/cloudbuild/logs
+options:
+  logging: GCS_ONLY
 YAML
 gcloud builds submit "${repo_root}" --project="${project}" --region="${region}" \
-  --config="${build_config}"
+  --config="${build_config}" --gcs-source-staging-dir="gs://${bucket}/cloudbuild/source"
 
 gcloud dataflow flex-template build "${spec}" \
   --project="${project}" \

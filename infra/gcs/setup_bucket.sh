@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
-# One-time GCP set-up for seqrec: bucket, image repository, and two service accounts with
-# only the roles the jobs need (see infra/README.md, "Permissions", for why each one).
+# One-time GCP set-up for seqrec: bucket, image repository, and three service accounts with
+# only the roles their jobs need (see infra/README.md, "Permissions", for why each one).
 #
 #   infra/gcs/setup_bucket.sh [--dry_run] [--launcher=user:ME@example.com] \
-#       [--gke_namespace=default] PROJECT REGION BUCKET
+#       [--builder=serviceAccount:CI@...] [--gke_namespace=default] PROJECT REGION BUCKET
 #
 # Creates (skipping what exists):
 #   gs://BUCKET                              regional, uniform access, no public access
 #   REGION-docker.pkg.dev/PROJECT/seqrec     Artifact Registry (trainer + Dataflow images)
 #   seqrec-dataflow@PROJECT.iam...           Dataflow worker service account
 #   seqrec-trainer@PROJECT.iam...            Vertex AI / GKE training service account
+#   seqrec-build@PROJECT.iam...              what Cloud Build builds the images as
 # --launcher grants a person or CI account what it needs to launch jobs as those accounts.
+# --builder grants one what it needs to build the images and the Flex Template (Cloud
+# Build), the only grant of roles/cloudbuild.builds.editor; the same member may get both.
 # --gke_namespace binds the Kubernetes service account seqrec-trainer in that namespace to
 # seqrec-trainer@ (Workload Identity). --dry_run prints the commands and runs nothing.
 set -euo pipefail
 
 dry_run=0
 launcher=""
+builder=""
 gke_namespace=""
 args=()
 for arg in "$@"; do
   case "${arg}" in
     --dry_run) dry_run=1 ;;
     --launcher=*) launcher="${arg#*=}" ;;
+    --builder=*) builder="${arg#*=}" ;;
     --gke_namespace=*) gke_namespace="${arg#*=}" ;;
     -*)
       echo "unknown flag: ${arg}" >&2
@@ -32,7 +37,8 @@ for arg in "$@"; do
   esac
 done
 if [[ ${#args[@]} -ne 3 ]]; then
-  echo "usage: $0 [--dry_run] [--launcher=user:EMAIL] [--gke_namespace=NS] PROJECT REGION BUCKET" >&2
+  echo "usage: $0 [--dry_run] [--launcher=MEMBER] [--builder=MEMBER] [--gke_namespace=NS]" \
+    "PROJECT REGION BUCKET" >&2
   exit 2
 fi
 project="${args[0]}"
@@ -42,13 +48,16 @@ if [[ ! "${bucket}" =~ ^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$ ]]; then
   echo "BUCKET must be a bucket name without gs://, got '${bucket}'" >&2
   exit 2
 fi
-if [[ -n "${launcher}" && ! "${launcher}" =~ ^(user|serviceAccount|group): ]]; then
-  echo "--launcher must be user:EMAIL, serviceAccount:EMAIL or group:EMAIL" >&2
-  exit 2
-fi
+for flag in launcher builder; do
+  if [[ -n "${!flag}" && ! "${!flag}" =~ ^(user|serviceAccount|group):[^[:space:]]+$ ]]; then
+    echo "--${flag} must be user:EMAIL, serviceAccount:EMAIL or group:EMAIL" >&2
+    exit 2
+  fi
+done
 
 dataflow_sa="seqrec-dataflow@${project}.iam.gserviceaccount.com"
 trainer_sa="seqrec-trainer@${project}.iam.gserviceaccount.com"
+build_sa="seqrec-build@${project}.iam.gserviceaccount.com"
 
 bucket_objects="projects/_/buckets/${bucket}/objects"
 
@@ -114,7 +123,7 @@ if ! exists gcloud artifacts repositories describe seqrec --project="${project}"
     --description="seqrec trainer and Dataflow images"
 fi
 
-for sa in seqrec-dataflow seqrec-trainer; do
+for sa in seqrec-dataflow seqrec-trainer seqrec-build; do
   if ! exists gcloud iam service-accounts describe "${sa}@${project}.iam.gserviceaccount.com" \
     --project="${project}"; then
     run gcloud iam service-accounts create "${sa}" --project="${project}" \
@@ -133,11 +142,11 @@ for sa in "${dataflow_sa}" "${trainer_sa}"; do
   revoke gcloud storage buckets remove-iam-policy-binding "gs://${bucket}" --condition=None \
     --member="serviceAccount:${sa}" --role=roles/storage.objectAdmin
 done
-# Both: the bucket's metadata and its object names, not their contents
+# All three: the bucket's metadata and its object names, not their contents
 # (roles/storage.legacyBucketReader = storage.buckets.get + storage.objects.list). A list
 # is a request on the bucket, which no object-prefix condition matches, and Beam looks the
 # bucket up before it stages files; TensorFlow lists to glob shards and checkpoints.
-for sa in "${dataflow_sa}" "${trainer_sa}"; do
+for sa in "${dataflow_sa}" "${trainer_sa}" "${build_sa}"; do
   run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
     --member="serviceAccount:${sa}" --role=roles/storage.legacyBucketReader
 done
@@ -152,12 +161,19 @@ grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectUser dataflow/
 # checkpoints past --keep_checkpoints). Nothing at project level.
 grant_prefix "serviceAccount:${trainer_sa}" roles/storage.objectViewer data/
 grant_prefix "serviceAccount:${trainer_sa}" roles/storage.objectUser runs/
+# Cloud Build, as seqrec-build@ (build_image.sh, build_flex_template.sh): read the source
+# the submitter staged, write the build's log; nothing at project level.
+grant_prefix "serviceAccount:${build_sa}" roles/storage.objectViewer cloudbuild/source/
+grant_prefix "serviceAccount:${build_sa}" roles/storage.objectUser cloudbuild/logs/
 
-# Both pull their images from the seqrec repository only.
+# The job accounts pull their images from the seqrec repository only; the build account
+# pushes them there.
 for sa in "${dataflow_sa}" "${trainer_sa}"; do
   run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
     --location="${region}" --member="serviceAccount:${sa}" --role=roles/artifactregistry.reader
 done
+run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
+  --location="${region}" --member="serviceAccount:${build_sa}" --role=roles/artifactregistry.writer
 
 if [[ -n "${gke_namespace}" ]]; then
   # Pods running as Kubernetes SA <namespace>/seqrec-trainer act as seqrec-trainer@.
@@ -171,13 +187,11 @@ fi
 
 if [[ -n "${launcher}" ]]; then
   # Launch Dataflow jobs and Vertex AI custom jobs, act as the two job accounts (only
-  # those two), stage files and push images.
+  # those two); upload the input, stage files (Beam looks the bucket up first), read results.
   run gcloud projects add-iam-policy-binding "${project}" --condition=None \
     --member="${launcher}" --role=roles/dataflow.developer
   run gcloud projects add-iam-policy-binding "${project}" --condition=None \
     --member="${launcher}" --role=roles/aiplatform.user
-  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
-    --member="${launcher}" --role=roles/cloudbuild.builds.editor
   for sa in "${dataflow_sa}" "${trainer_sa}"; do
     run gcloud iam service-accounts add-iam-policy-binding "${sa}" --project="${project}" \
       --member="${launcher}" --role=roles/iam.serviceAccountUser
@@ -186,11 +200,29 @@ if [[ -n "${launcher}" ]]; then
     run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
       --member="${launcher}" --role="${role}"
   done
+fi
+
+if [[ -n "${builder}" ]]; then
+  # Submit Cloud Builds: cloudbuild.builds.create exists only project-wide (builds are not
+  # IAM resources) and builds.editor is the smallest predefined role holding it; builds run
+  # as seqrec-build@ only (serviceAccountUser on it alone). gcloud builds submit looks up
+  # the bucket it stages the source in (legacyBucketReader), uploads the source and reads
+  # the log under cloudbuild/; gcloud dataflow flex-template build writes templates/.
+  # artifactregistry.writer: for a local docker build and push instead.
+  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+    --member="${builder}" --role=roles/cloudbuild.builds.editor
+  run gcloud iam service-accounts add-iam-policy-binding "${build_sa}" --project="${project}" \
+    --member="${builder}" --role=roles/iam.serviceAccountUser
+  run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
+    --member="${builder}" --role=roles/storage.legacyBucketReader
+  grant_prefix "${builder}" roles/storage.objectUser cloudbuild/
+  grant_prefix "${builder}" roles/storage.objectUser templates/
   run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
-    --location="${region}" --member="${launcher}" --role=roles/artifactregistry.writer
+    --location="${region}" --member="${builder}" --role=roles/artifactregistry.writer
 fi
 
 echo "bucket:               gs://${bucket}"
 echo "dataflow workers:     ${dataflow_sa}"
 echo "trainer:              ${trainer_sa}"
+echo "image builds:         ${build_sa}"
 echo "images:               ${region}-docker.pkg.dev/${project}/seqrec"

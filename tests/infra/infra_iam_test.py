@@ -1,101 +1,32 @@
 """What infra/gcs/setup_bucket.sh grants, read from its --dry_run output: the exact gcloud
-commands, and what each account may then do to which objects, decided by a small model of
-Cloud Storage's IAM (roles' permissions, `resource.name.startsWith` conditions)."""
+commands, and what each account may then do to which objects (iam_model: the roles'
+permissions and `resource.name.startsWith` conditions)."""
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
-import shlex
 import subprocess
 
 import pytest
-from infra_paths import INFRA
+from iam_model import DELETE, READ, SETUP_BUCKET, WRITE, Binding, bindings, matches
+from iam_model import allowed as _allowed
+from iam_model import dry_run as _dry_run
 
-SETUP_BUCKET = os.path.join(INFRA, "gcs", "setup_bucket.sh")
 PROJECT, REGION, BUCKET = "my-proj", "us-central1", "my-bucket"
 DATAFLOW = f"serviceAccount:seqrec-dataflow@{PROJECT}.iam.gserviceaccount.com"
 TRAINER = f"serviceAccount:seqrec-trainer@{PROJECT}.iam.gserviceaccount.com"
+BUILD = f"serviceAccount:seqrec-build@{PROJECT}.iam.gserviceaccount.com"
 LAUNCHER = "user:me@example.com"
+BUILDER = f"serviceAccount:ci@{PROJECT}.iam.gserviceaccount.com"
 OBJECTS = f"projects/_/buckets/{BUCKET}/objects/"
 
 
 def dry_run(*flags: str) -> list[list[str]]:
-    """The argv of every command the script prints (`+ ` lines), as a shell reads them."""
-    result = subprocess.run(["bash", SETUP_BUCKET, "--dry_run", *flags, PROJECT, REGION, BUCKET],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
+    return _dry_run(PROJECT, REGION, BUCKET, *flags)
 
 
-@dataclasses.dataclass(frozen=True)
-class Binding:
-    scope: str  # "projects", "buckets", "service-accounts", "repositories"
-    resource: str
-    member: str
-    role: str
-    condition: str | None  # the CEL expression, None: unconditioned
+def allowed(grants, member, permission, obj=""):
+    return _allowed(grants, member, permission, BUCKET, obj)
 
 
-def _flag(argv: list[str], name: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
-    assert len(values) <= 1, argv
-    return values[0] if values else None
-
-
-def bindings(commands: list[list[str]], verb: str = "add-iam-policy-binding") -> list[Binding]:
-    out = []
-    for argv in commands:
-        if verb not in argv:
-            continue
-        at = argv.index(verb)
-        condition = _flag(argv, "condition")
-        if condition == "None":
-            condition = None
-        elif condition is not None:
-            parts = dict(p.split("=", 1) for p in condition.split(","))
-            assert set(parts) == {"expression", "title"}, condition  # gcloud wants a title
-            condition = parts["expression"]
-        out.append(Binding(argv[at - 1], argv[at + 1], _flag(argv, "member"), _flag(argv, "role"),
-                           condition))
-    return out
-
-
-# The permissions of the storage roles the script uses (Cloud Storage's IAM roles page),
-# as far as objects and listing go.
-OBJECT_RW = {"storage.objects.get", "storage.objects.list", "storage.objects.create",
-             "storage.objects.delete", "storage.objects.update"}
-ROLE_PERMISSIONS = {
-    "roles/storage.objectViewer": {"storage.objects.get", "storage.objects.list"},
-    "roles/storage.objectCreator": {"storage.objects.create"},
-    "roles/storage.objectUser": OBJECT_RW,
-    "roles/storage.objectAdmin": OBJECT_RW | {"storage.objects.getIamPolicy",
-                                              "storage.objects.setIamPolicy"},
-    "roles/storage.legacyBucketReader": {"storage.buckets.get", "storage.objects.list"},
-}
-# Listing and bucket metadata are requests on the bucket; the rest on one object.
-ON_BUCKET = {"storage.objects.list", "storage.buckets.get"}
-_STARTS_WITH = re.compile(r'resource\.name\.startsWith\("([^"]+)"\)')
-
-
-def _matches(condition: str | None, resource: str) -> bool:
-    if condition is None:
-        return True
-    prefix = _STARTS_WITH.fullmatch(condition)
-    assert prefix, f"a condition this model does not read: {condition}"
-    return resource.startswith(prefix.group(1))
-
-
-def allowed(grants: list[Binding], member: str, permission: str, obj: str = "") -> bool:
-    """Whether `member` may use `permission` on gs://BUCKET/obj (on the bucket itself for
-    listing and bucket metadata)."""
-    resource = f"projects/_/buckets/{BUCKET}" if permission in ON_BUCKET else OBJECTS + obj
-    return any(b.member == member and b.scope == "buckets" and b.resource == f"gs://{BUCKET}"
-               and permission in ROLE_PERMISSIONS.get(b.role, ()) and _matches(b.condition, resource)
-               for b in grants)
-
-
-READ, WRITE, DELETE = "storage.objects.get", "storage.objects.create", "storage.objects.delete"
 # What each job does, on objects it really uses (beam_jobs, trainer.storage, CheckpointManager).
 MUST = {
     DATAFLOW: [(READ, "raw/ml-1m/ratings.dat"),
@@ -113,6 +44,13 @@ MUST = {
               (WRITE, "runs/r1/checkpoints/checkpoint"), (DELETE, "runs/r1/checkpoints/checkpoint"),
               (READ, "runs/r1/config.json"), (WRITE, "runs/r1/model/saved_model.pb"),
               (WRITE, "runs/r1/logs/train/events.out.tfevents.1")],
+    # Cloud Build as seqrec-build@: the source gcloud staged, the build's log.
+    BUILD: [(READ, "cloudbuild/source/1700000000.5-ab.tgz"),
+            (WRITE, "cloudbuild/logs/log-1234.txt"), (DELETE, "cloudbuild/logs/log-1234.txt")],
+    # Whoever runs the build scripts: stages the source, reads the log, writes the spec.
+    BUILDER: [(WRITE, "cloudbuild/source/1700000000.5-ab.tgz"),
+              (READ, "cloudbuild/logs/log-1234.txt"),
+              (WRITE, "templates/seqrec-v1.json"), (DELETE, "templates/seqrec-v1.json")],
 }
 MUST_NOT = {
     DATAFLOW: [(p, o) for p in (READ, WRITE, DELETE)
@@ -126,22 +64,31 @@ MUST_NOT = {
                 for o in ("raw/ml-1m/ratings.dat", "dataflow/staging/beamapp-x/pipeline.pb",
                           "templates/seqrec-v1.json")]
              + [(WRITE, "run/r1/x"), (WRITE, "runs")],  # near misses of the prefix
+    BUILD: [(p, o) for p in (READ, WRITE, DELETE)
+            for o in ("raw/ml-1m/ratings.dat", "data/ml-1m/_SUCCESS", "runs/r1/config.json",
+                      "dataflow/staging/beamapp-x/pipeline.pb", "templates/seqrec-v1.json")]
+           + [(WRITE, "cloudbuild/source/1-ab.tgz"), (DELETE, "cloudbuild/source/1-ab.tgz")],
+    BUILDER: [(p, o) for p in (READ, WRITE, DELETE)
+              for o in ("raw/ml-1m/ratings.dat", "data/ml-1m/_SUCCESS", "runs/r1/config.json",
+                        "dataflow/staging/beamapp-x/pipeline.pb")],
 }
 
 
 @pytest.fixture(scope="module")
 def grants() -> list[Binding]:
-    return bindings(dry_run(f"--launcher={LAUNCHER}", "--gke_namespace=ml"))
+    return bindings(dry_run(f"--launcher={LAUNCHER}", f"--builder={BUILDER}", "--gke_namespace=ml"))
 
 
-@pytest.mark.parametrize("member", [DATAFLOW, TRAINER], ids=["dataflow", "trainer"])
-def test_job_accounts_can_do_their_job_and_nothing_else_to_objects(grants, member):
+@pytest.mark.parametrize("member", [DATAFLOW, TRAINER, BUILD, BUILDER],
+                         ids=["dataflow", "trainer", "build", "builder"])
+def test_accounts_can_do_their_job_and_nothing_else_to_objects(grants, member):
     missing = [(p, o) for p, o in MUST[member] if not allowed(grants, member, p, o)]
     assert not missing, missing
     extra = [(p, o) for p, o in MUST_NOT[member] if allowed(grants, member, p, o)]
     assert not extra, extra
-    # Listing (Beam's and TF's globs, the trainer's preflight) and the bucket lookup Beam
-    # makes before staging files are requests on the bucket.
+    # Listing (Beam's and TF's globs, the trainer's preflight) and the bucket lookups Beam
+    # makes before staging files and gcloud before uploading a build's source are requests
+    # on the bucket.
     assert allowed(grants, member, "storage.objects.list")
     assert allowed(grants, member, "storage.buckets.get")
 
@@ -154,7 +101,7 @@ def test_the_model_can_fail():
     assert allowed(old, DATAFLOW, DELETE, "runs/r1/checkpoints/ckpt-1.index")
     assert allowed(old, TRAINER, DELETE, "data/ml-1m/_SUCCESS")
     with pytest.raises(AssertionError, match="does not read"):
-        _matches('resource.name.endsWith(".json")', OBJECTS + "x.json")
+        matches('resource.name.endsWith(".json")', OBJECTS + "x.json")
 
 
 def _storage_command(member: str, role: str, prefix: str | None) -> list[str]:
@@ -168,20 +115,22 @@ def _storage_command(member: str, role: str, prefix: str | None) -> list[str]:
                    f"title={title}"]
 
 
-def test_job_accounts_storage_commands_are_exactly_these():
+def test_service_accounts_storage_commands_are_exactly_these():
     """Per account: bucket metadata and names, then one role per prefix. Each printed line
     is the command as a shell reads it (the condition quoted)."""
-    commands = dry_run()
-    storage = [argv for argv in commands
+    storage = [argv for argv in dry_run()
                if argv[:4] == ["gcloud", "storage", "buckets", "add-iam-policy-binding"]]
     assert storage == [
         _storage_command(DATAFLOW, "roles/storage.legacyBucketReader", None),
         _storage_command(TRAINER, "roles/storage.legacyBucketReader", None),
+        _storage_command(BUILD, "roles/storage.legacyBucketReader", None),
         _storage_command(DATAFLOW, "roles/storage.objectViewer", "raw/"),
         _storage_command(DATAFLOW, "roles/storage.objectUser", "data/"),
         _storage_command(DATAFLOW, "roles/storage.objectUser", "dataflow/"),
         _storage_command(TRAINER, "roles/storage.objectViewer", "data/"),
         _storage_command(TRAINER, "roles/storage.objectUser", "runs/"),
+        _storage_command(BUILD, "roles/storage.objectViewer", "cloudbuild/source/"),
+        _storage_command(BUILD, "roles/storage.objectUser", "cloudbuild/logs/"),
     ]
 
 
@@ -192,25 +141,55 @@ def test_older_bucket_wide_object_admin_is_revoked():
         (DATAFLOW, "roles/storage.objectAdmin", None), (TRAINER, "roles/storage.objectAdmin", None)}
 
 
+def _project_roles(grants: list[Binding], member: str) -> set[str]:
+    return {b.role for b in grants if b.scope == "projects" and b.member == member}
+
+
 def test_no_project_wide_storage_or_basic_roles(grants):
-    project = [b for b in grants if b.scope == "projects"]
-    assert not [b for b in project if b.role.startswith("roles/storage.")]
+    assert not [b for b in grants if b.scope == "projects" and b.role.startswith("roles/storage.")]
     assert not {b.role for b in grants} & {"roles/owner", "roles/editor", "roles/viewer"}
-    # The job accounts: the Dataflow worker role (Dataflow has no narrower one), nothing else.
-    assert [(b.member, b.role) for b in project if b.member in (DATAFLOW, TRAINER)] == [
-        (DATAFLOW, "roles/dataflow.worker")]
+    # The Dataflow worker role (Dataflow has no narrower one), and nothing else.
+    assert _project_roles(grants, DATAFLOW) == {"roles/dataflow.worker"}
+    assert _project_roles(grants, TRAINER) == _project_roles(grants, BUILD) == set()
     # Unconditioned storage roles on the bucket: names and metadata only, but the launcher's.
     wide = {(b.member, b.role) for b in grants if b.scope == "buckets" and b.condition is None}
     assert {r for m, r in wide if m != LAUNCHER} == {"roles/storage.legacyBucketReader"}
 
 
-def test_launcher_acts_as_exactly_the_two_job_accounts(grants):
-    acts_as = {b.resource for b in grants if b.role == "roles/iam.serviceAccountUser"}
-    assert acts_as == {m.split(":")[1] for m in (DATAFLOW, TRAINER)}
+def _acts_as(grants: list[Binding], member: str) -> set[str]:
+    return {b.resource for b in grants
+            if b.role == "roles/iam.serviceAccountUser" and b.member == member}
 
 
-def test_setup_bucket_rejects_a_gs_uri_as_bucket():
-    result = subprocess.run(["bash", SETUP_BUCKET, "--dry_run", "p", "us-central1", "gs://b"],
+def test_launcher_launches_and_does_not_build(grants):
+    assert _project_roles(grants, LAUNCHER) == {"roles/dataflow.developer", "roles/aiplatform.user"}
+    assert _acts_as(grants, LAUNCHER) == {m.split(":")[1] for m in (DATAFLOW, TRAINER)}
+    assert not [b for b in grants if b.member == LAUNCHER and b.scope == "repositories"]
+
+
+def test_cloud_build_rights_go_to_the_builder_alone(grants):
+    """roles/cloudbuild.builds.editor is project-wide (Cloud Build has nothing narrower):
+    only --builder gets it, and its builds can run as seqrec-build@ and nothing else of
+    this set-up."""
+    editors = {b.member for b in grants if b.role.startswith("roles/cloudbuild.")}
+    assert editors == {BUILDER}
+    assert _project_roles(grants, BUILDER) == {"roles/cloudbuild.builds.editor"}
+    assert _acts_as(grants, BUILDER) == {BUILD.split(":")[1]}
+    # Without --builder nobody gets a Cloud Build role.
+    assert not [b for b in bindings(dry_run(f"--launcher={LAUNCHER}"))
+                if b.role.startswith("roles/cloudbuild.")]
+    # The images are pushed by the build account; the builder may push a local build.
+    writers = {b.member for b in grants if b.role == "roles/artifactregistry.writer"}
+    assert writers == {BUILD, BUILDER}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["p", "us-central1", "gs://b"], "BUCKET must be a bucket name without gs://"),
+    (["--builder=ci@example.com", "p", "us-central1", "b12"], "--builder must be user:EMAIL"),
+    (["--launcher=user:", "p", "us-central1", "b12"], "--launcher must be user:EMAIL"),
+])
+def test_setup_bucket_refuses_bad_arguments(args, message):
+    result = subprocess.run(["bash", SETUP_BUCKET, "--dry_run", *args],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "BUCKET must be a bucket name without gs://" in result.stderr
+    assert message in result.stderr

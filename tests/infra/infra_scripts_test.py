@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from iam_model import DELETE, READ, WRITE, allowed, bindings, dry_run
 from infra_paths import INFRA, ROOT, files, load, tool
 
 ENTRYPOINT = os.path.join(INFRA, "trainer", "entrypoint.sh")
@@ -147,25 +149,92 @@ def test_entrypoint_rejects_a_broken_cluster_env(extra, message):
     assert message in result.stderr
 
 
-def test_build_flex_template_hands_gcloud_the_generated_metadata(tmp_path):
-    """The template's parameters are generated from beam_jobs.options at build time. gcloud
-    is Google's tool, not ours: a stand-in first on PATH records what the script asks."""
-    template_metadata = load("infra/dataflow/launch.py", "infra_dataflow_launch").template_metadata
-    bin_dir, log, meta = tmp_path / "bin", tmp_path / "gcloud.log", tmp_path / "metadata.json"
+def _fake_gcloud(tmp_path):
+    """gcloud is Google's tool, not ours: a stand-in first on PATH records each call's
+    argv (one JSON list a line) and keeps a copy of the files it is handed."""
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     gcloud = bin_dir / "gcloud"
-    gcloud.write_text('#!/bin/bash\necho "$*" >>"$GCLOUD_LOG"\nfor a in "$@"; do\n'
-                      '  case "$a" in --metadata-file=*) cp "${a#*=}" "$GCLOUD_META" ;; esac\n'
-                      'done\n')
+    gcloud.write_text(
+        '#!/bin/bash\n'
+        f'"{sys.executable}" -c \'import json, sys; print(json.dumps(sys.argv[1:]))\' "$@" '
+        '>>"$GCLOUD_DIR/calls"\n'
+        'for a in "$@"; do\n'
+        '  case "$a" in --config=*|--metadata-file=*) cp "${a#*=}" "$GCLOUD_DIR/${a%%=*}" ;; esac\n'
+        'done\n')
     gcloud.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "PYTHON": sys.executable, "GCLOUD_LOG": str(log), "GCLOUD_META": str(meta)}
+           "PYTHON": sys.executable, "GCLOUD_DIR": str(tmp_path)}
+    return env, tmp_path
+
+
+def _calls(out) -> list[list[str]]:
+    return [json.loads(line) for line in (out / "calls").read_text().splitlines()]
+
+
+def test_build_flex_template_hands_gcloud_the_generated_metadata(tmp_path):
+    """The template's parameters are generated from beam_jobs.options at build time."""
+    template_metadata = load("infra/dataflow/launch.py", "infra_dataflow_launch").template_metadata
+    env, out = _fake_gcloud(tmp_path)
     result = _run(["bash", os.path.join(INFRA, "dataflow", "build_flex_template.sh"),
                    "my-proj", "us-central1", "my-bucket", "v1"], env=env)
     assert result.returncode == 0, result.stderr
-    build, template = log.read_text().splitlines()
-    assert build.startswith(f"builds submit {ROOT} --project=my-proj --region=us-central1")
-    assert template.startswith("dataflow flex-template build "
-                               "gs://my-bucket/templates/seqrec-v1.json --project=my-proj "
-                               "--image=us-central1-docker.pkg.dev/my-proj/seqrec/dataflow:v1")
-    assert json.loads(meta.read_text()) == template_metadata.metadata()
+    build, template = _calls(out)
+    assert build[:5] == ["builds", "submit", ROOT, "--project=my-proj", "--region=us-central1"]
+    assert template[:6] == ["dataflow", "flex-template", "build",
+                            "gs://my-bucket/templates/seqrec-v1.json", "--project=my-proj",
+                            "--image=us-central1-docker.pkg.dev/my-proj/seqrec/dataflow:v1"]
+    assert json.loads((out / "--metadata-file").read_text()) == template_metadata.metadata()
+
+
+BUILDS = {  # script -> (argv after the script, the image it builds)
+    "infra/trainer/build_image.sh": (["my-proj", "us-central1", "my-bucket", "v1"],
+                                     "us-central1-docker.pkg.dev/my-proj/seqrec/trainer:v1"),
+    "infra/dataflow/build_flex_template.sh": (["my-proj", "us-central1", "my-bucket", "v1"],
+                                              "us-central1-docker.pkg.dev/my-proj/seqrec/dataflow:v1"),
+}
+
+
+@pytest.mark.parametrize("script", list(BUILDS))
+def test_builds_run_as_the_build_account_with_what_setup_bucket_grants(tmp_path, script):
+    """Cloud Build runs the build as seqrec-build@ (not the project's default build account),
+    with the source staged and the log written under the bucket's cloudbuild/ prefix; the
+    accounts setup_bucket.sh makes can do exactly that there (iam_model): --builder stages
+    the source and reads the log, seqrec-build@ reads the source and writes the log."""
+    argv, image = BUILDS[script]
+    env, out = _fake_gcloud(tmp_path)
+    result = _run(["bash", os.path.join(ROOT, script), *argv], env=env)
+    assert result.returncode == 0, result.stderr
+    submit = _calls(out)[0]
+    assert submit[:2] == ["builds", "submit"]
+    staging = [a.split("=", 1)[1] for a in submit if a.startswith("--gcs-source-staging-dir=")]
+    assert staging == ["gs://my-bucket/cloudbuild/source"]
+    config = yaml.safe_load((out / "--config").read_text())
+    assert config["images"] == [image]
+    assert config["options"] == {"logging": "GCS_ONLY"}  # the log in the bucket only
+    build_sa = "seqrec-build@my-proj.iam.gserviceaccount.com"
+    assert config["serviceAccount"] == f"projects/my-proj/serviceAccounts/{build_sa}"
+    assert config["logsBucket"] == "gs://my-bucket/cloudbuild/logs"
+
+    builder = "serviceAccount:ci@my-proj.iam.gserviceaccount.com"
+    grants = bindings(dry_run("my-proj", "us-central1", "my-bucket", f"--builder={builder}"))
+    source = staging[0].removeprefix("gs://my-bucket/") + "/1700000000.5-ab.tgz"
+    log = config["logsBucket"].removeprefix("gs://my-bucket/") + "/log-1234.txt"
+    for member, permission, obj in [(builder, WRITE, source), (f"serviceAccount:{build_sa}", READ, source),
+                                    (f"serviceAccount:{build_sa}", WRITE, log),
+                                    (f"serviceAccount:{build_sa}", DELETE, log), (builder, READ, log)]:
+        assert allowed(grants, member, permission, "my-bucket", obj), (member, permission, obj)
+    # gcloud looks the staging bucket up before uploading the source.
+    assert allowed(grants, builder, "storage.buckets.get", "my-bucket")
+    acts_as = {b.resource for b in grants
+               if b.member == builder and b.role == "roles/iam.serviceAccountUser"}
+    assert acts_as == {build_sa}
+    if script.endswith("build_image.sh"):
+        assert result.stdout.splitlines()[-1] == image  # what IMAGE=$(... | tail -1) takes
+
+
+def test_build_image_refuses_a_gs_uri_as_bucket():
+    result = _run(["bash", os.path.join(INFRA, "trainer", "build_image.sh"), "p", "us-central1",
+                   "gs://b"])
+    assert result.returncode == 2
+    assert "BUCKET must be a bucket name without gs://" in result.stderr
