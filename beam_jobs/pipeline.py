@@ -11,7 +11,8 @@ overhead, not parsing, dominated a per-line pipeline at 39-50 s for 1M ratings):
                   train/ and test/ shard files (temp name, then rename)
     WriteErrors:  set-aside lines with file, line number and reason -> errors/
     WriteVocab:   movies + train label counts -> vocab.tsv
-    Finalize:     counts -> bad-fraction check -> metadata.json -> _SUCCESS (last)
+    Finalize:     counts -> bad-fraction check -> read back every file (sizes, SHA-256)
+                  -> metadata.json (with the manifest) -> _SUCCESS (last) -> read back again
 
 Users go to shards by a stable hash and every shard is written by one DoFn call in user
 order, so the bytes do not depend on runner, worker count or bundle boundaries. The same
@@ -224,7 +225,8 @@ class BuildShards(beam.PTransform):
 
 
 class WriteErrors(beam.PTransform):
-    """ErrorRecord -> one errors/<input file>.tsv per input file (sorted by line) -> names."""
+    """ErrorRecord -> one errors/<input file>.tsv per input file (sorted by line) ->
+    outputs.WrittenFile."""
 
     def __init__(self, output_dir: str, files: list[str]):
         super().__init__()
@@ -239,7 +241,8 @@ class WriteErrors(beam.PTransform):
 
 
 class WriteVocab(beam.PTransform):
-    """PBegin -> vocab.tsv from the movies and every shard's train label counts -> size."""
+    """PBegin -> vocab.tsv from the movies and every shard's train label counts ->
+    outputs.WrittenFile."""
 
     def __init__(self, output_dir: str, movies, shard_results):
         super().__init__()
@@ -254,8 +257,9 @@ class WriteVocab(beam.PTransform):
 
 
 class Finalize(beam.PTransform):
-    """Checks the bad-line fraction, writes metadata.json, then _SUCCESS. Every output is a
-    side input, so this runs after all of them are written."""
+    """Checks the bad-line fraction and that output_dir holds exactly this run's files,
+    writes metadata.json, then _SUCCESS (outputs.finalize). Every output is a side input,
+    so this runs after all of them are written."""
 
     def __init__(self, cfg: JobConfig, inputs, **side):
         super().__init__()
@@ -271,7 +275,7 @@ class Finalize(beam.PTransform):
                     range_stats=beam.pvalue.AsList(s["range_stats"]),
                     shard_results=beam.pvalue.AsList(s["shard_results"]),
                     error_files=beam.pvalue.AsList(s["error_files"]),
-                    vocab_size=beam.pvalue.AsSingleton(s["vocab_size"]),
+                    vocab=beam.pvalue.AsSingleton(s["vocab"]),
                     sha256=beam.pvalue.AsDict(s["sha256"])))
 
 
@@ -287,13 +291,13 @@ def build(pipeline: beam.Pipeline, cfg: JobConfig,
     error_files = ((movie_errors, rating_errors)
                    | "AllErrors" >> beam.Flatten()
                    | "WriteErrors" >> WriteErrors(out, [inputs.ratings, inputs.movies]))
-    vocab_size = pipeline | "WriteVocab" >> WriteVocab(out, movies, shard_results)
+    vocab = pipeline | "WriteVocab" >> WriteVocab(out, movies, shard_results)
     sha256 = (pipeline
               | "InputFiles" >> beam.Create([inputs.ratings, inputs.movies])
               | "Sha256" >> beam.Map(outputs.sha256_of))
     return pipeline | "Finalize" >> Finalize(
         cfg, inputs, movies=movies, range_stats=range_stats, shard_results=shard_results,
-        error_files=error_files, vocab_size=vocab_size, sha256=sha256)
+        error_files=error_files, vocab=vocab, sha256=sha256)
 
 
 def prepare(argv: list[str]) -> tuple[JobConfig, movielens.InputFiles, PipelineOptions]:

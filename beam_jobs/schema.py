@@ -13,11 +13,14 @@ Layout of a finished `data_dir` (a local path or gs:// URI):
     _SUCCESS           written last; its absence means the run did not finish
 
 Integrity: metadata.json's "manifest" lists every shard of every split with its
-size in bytes, SHA-256 and example count, and _SUCCESS holds the SHA-256 of
+size in bytes, SHA-256 and example count, its "files" the size and SHA-256 of
+vocab.tsv and of every errors/ file, and _SUCCESS holds the SHA-256 of
 metadata.json's exact bytes (`success_record`). Output is deterministic, so two
 runs of the same input and flags write the same bytes; files of runs that differ
 fail `check_success` or the manifest (trainer/data.py verifies every shard before
-training). A data_dir whose files are not all from one run is refused.
+training). A data_dir whose files are not all from one run is refused. The job
+checks the same before it writes _SUCCESS: `listed_files` is the complete list of
+what train/, test/, errors/ and vocab.tsv must hold.
 """
 from __future__ import annotations
 
@@ -59,6 +62,9 @@ ERRORS_DIR = "errors"
 SHARD_GLOB = "part-*-of-*.tfrecord*"
 # metadata.json key: {split: [{"name", "bytes", "sha256", "examples"}, ...]} in shard order.
 MANIFEST = "manifest"
+# metadata.json key: {path relative to data_dir: {"bytes", "sha256"}} of vocab.tsv and of
+# every errors/ file.
+FILES = "files"
 
 COMPRESSIONS = {"gzip": ".tfrecord.gz", "none": ".tfrecord"}
 
@@ -182,6 +188,23 @@ def parse_vocab(text: str, source: str) -> list[dict]:
         except ValueError as e:
             raise SchemaError(f"{source}:{n}: {e}") from e
     return rows
+
+
+def file_record(data: bytes) -> dict:
+    """{"bytes", "sha256"} of a file's exact bytes, as "manifest" and "files" hold them."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def listed_files(metadata: Mapping[str, Any]) -> dict[str, dict]:
+    """{path relative to the data_dir: {"bytes", "sha256"}} of every file metadata.json's
+    "manifest" (split/name) and "files" list: exactly what train/, test/, errors/ and
+    vocab.tsv of a complete data_dir hold, nothing more."""
+    out = {}
+    for split in SPLITS:
+        for entry in metadata[MANIFEST][split]:
+            out[f"{split}/{entry['name']}"] = {"bytes": entry["bytes"], "sha256": entry["sha256"]}
+    out.update(metadata.get(FILES, {}))
+    return out
 
 
 def success_record(metadata_bytes: bytes) -> bytes:

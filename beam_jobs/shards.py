@@ -166,7 +166,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
                                              cfg.max_context_length,
                                              cfg.max_context_movie_genre_length)
     name = schema.shard_name(shard, cfg.num_shards, cfg.compression)
-    counts = {}
+    counts, files = {}, {}
     for split, mask in ((schema.TRAIN, train_mask), (schema.TEST, ~train_mask)):
         writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
         lp, cs = label_pos[mask], ctx_start[mask]
@@ -175,6 +175,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
             writer.write_framed(framed, len(lp[b:b + BATCH_EXAMPLES]))
         writer.close()
         counts[split] = writer.count
+        files[split] = {"bytes": writer.size, "sha256": writer.sha256}
     label_ids, label_counts = np.unique(movie[label_pos[train_mask]], return_counts=True)
     return ShardResult(shard, name, users, short, counts[schema.TRAIN], counts[schema.TEST],
-                       label_ids.astype(np.int64), label_counts.astype(np.int64))
+                       label_ids.astype(np.int64), label_counts.astype(np.int64), files)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import posixpath
 import uuid
 import zlib
@@ -25,6 +26,9 @@ from apache_beam.io.filesystems import FileSystems
 # shard's bytes.
 GZIP_LEVEL = 1
 _FLUSH_BYTES = 4 << 20
+# Temporary names: <dir>/.tmp-<uuid hex>-<final name>. A run that dies leaves them behind;
+# the next run on the output_dir removes them (outputs.prepare_output_dir).
+TMP_PREFIX = ".tmp-"
 
 
 class TFRecordWriter:
@@ -32,12 +36,14 @@ class TFRecordWriter:
 
     gzip output is a single gzip member with mtime 0 (zlib wbits=31), so equal records give
     equal bytes. Until close() the data sits under a temporary name in the same directory.
+    After close(), `size` and `sha256` describe the file's bytes as written (hashed on the
+    way out: the file is not read back).
     """
 
     def __init__(self, path: str, compression: str):
         self.path = path
         directory, name = posixpath.split(path)
-        self._tmp = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+        self._tmp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
         self._compressor = (zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
                             if compression == "gzip" else None)
         self._file = FileSystems.create(self._tmp, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -48,6 +54,9 @@ class TFRecordWriter:
         self._buf: list[bytes] = []
         self._size = 0
         self.count = 0
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.sha256 = ""
 
     def write_framed(self, framed, count: int) -> None:
         """Appends `count` records already framed (bytes-like: example_records.frame_records'
@@ -66,7 +75,12 @@ class TFRecordWriter:
         self._pending.append(self._io.submit(self._compress_write, data))
 
     def _compress_write(self, data: bytes) -> None:
-        self._file.write(self._compressor.compress(data) if self._compressor else data)
+        self._write(self._compressor.compress(data) if self._compressor else data)
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._digest.update(data)
+        self.size += len(data)
 
     def close(self) -> None:
         try:
@@ -74,24 +88,44 @@ class TFRecordWriter:
             while self._pending:
                 self._pending.popleft().result()
             if self._compressor:
-                self._file.write(self._compressor.flush())
+                self._write(self._compressor.flush())
         finally:
             self._io.shutdown(wait=True)
             self._file.close()
+        self.sha256 = self._digest.hexdigest()
         _publish(self._tmp, self.path)
 
 
 def _publish(tmp: str, path: str) -> None:
+    """Renames the complete temporary file to its final name, replacing a file there.
+
+    Another job writing the same output_dir (an error the job detects in its finalize,
+    outputs.finalize) may delete either name meanwhile: a final name that vanished before
+    it was deleted here is no error; a temporary file that vanished is, and says so."""
     if FileSystems.exists(path):
         # A retried or overwritten attempt: the rename must replace it on every filesystem.
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
+        try:
+            FileSystems.delete([path])
+        except Exception:  # Beam wraps the filesystem's error; gone is what was wanted
+            if FileSystems.exists(path):
+                raise
+    try:
+        FileSystems.rename([tmp], [path])
+    except Exception as e:
+        if FileSystems.exists(tmp):
+            raise
+        from beam_jobs.outputs import OutputChangedError  # outputs imports this module
+
+        raise OutputChangedError(
+            f"{path}: its temporary file {tmp} vanished before it could be renamed: another "
+            "job is writing or cleaning the same output_dir? Run the job again, alone, with "
+            "--overwrite") from e
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a small file atomically (temp name, then rename)."""
     directory, name = posixpath.split(path)
-    tmp = posixpath.join(directory, f".tmp-{uuid.uuid4().hex}-{name}")
+    tmp = posixpath.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
     f = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
     try:
         f.write(data)

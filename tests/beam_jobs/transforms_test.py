@@ -89,20 +89,27 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
             outputs.ErrorRecord("in/ratings.dat", 3, "non_numeric", "1::x")])
         error_files = errors | "WriteErrors" >> pipeline.WriteErrors(
             out, ["in/ratings.dat", "in/movies.dat"])
-        assert_that(error_files, equal_to([("ratings.dat.tsv", 2), ("movies.dat.tsv", 0)]),
+        assert_that(error_files | beam.Map(lambda f: (f.path, f.count)),
+                    equal_to([("errors/ratings.dat.tsv", 2), ("errors/movies.dat.tsv", 0)]),
                     label="ErrorFiles")
-        vocab_size = p | "WriteVocab" >> pipeline.WriteVocab(out, movies, results)
-        assert_that(vocab_size, equal_to([4]), label="VocabSize")
+        vocab = p | "WriteVocab" >> pipeline.WriteVocab(out, movies, results)
+        assert_that(vocab | beam.Map(lambda f: (f.path, f.count)),
+                    equal_to([(schema.VOCAB_FILE, 4)]), label="Vocab")
         range_stats = p | "RangeStats" >> beam.Create([
             outputs.RangeStats("in/ratings.dat", 0, 4, 4, {}, 0, 1, 3)])
         sha = p | "Sha" >> beam.Create([("in/ratings.dat", "a" * 64), ("in/movies.dat", "b" * 64)])
         meta = p | "Finalize" >> pipeline.Finalize(
             cfg, inputs, movies=movies, range_stats=range_stats, shard_results=results,
-            error_files=error_files, vocab_size=vocab_size, sha256=sha)
+            error_files=error_files, vocab=vocab, sha256=sha)
         assert_that(meta | beam.Map(lambda m: (m["counts"]["train_examples"],
                                                m["counts"]["test_examples"],
-                                               m["counts"]["users"], m["errors"])),
-                    equal_to([(1, 1, 1, {"movies.dat.tsv": 0, "ratings.dat.tsv": 2})]),
+                                               m["counts"]["users"], m["errors"],
+                                               sorted(schema.listed_files(m)))),
+                    equal_to([(1, 1, 1, {"movies.dat.tsv": 0, "ratings.dat.tsv": 2},
+                               sorted(["errors/movies.dat.tsv", "errors/ratings.dat.tsv",
+                                       schema.VOCAB_FILE]
+                                      + [f"{split}/{schema.shard_name(i, 3, 'none')}"
+                                         for split in schema.SPLITS for i in range(3)]))]),
                     label="Metadata")
     with open(os.path.join(out, schema.ERRORS_DIR, "ratings.dat.tsv")) as f:
         assert f.read() == ("file\tline\treason\ttext\nin/ratings.dat\t3\tnon_numeric\t1::x\n"

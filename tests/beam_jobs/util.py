@@ -1,7 +1,7 @@
 """Helpers for the beam_jobs tests: tiny MovieLens inputs, reading the job's outputs back."""
 from __future__ import annotations
 
-import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -122,13 +122,49 @@ def read_metadata(output_dir):
 
 
 def output_files(output_dir):
-    """{relative path: bytes} of every file the job wrote."""
+    """{relative path: bytes} of every file under output_dir, hidden ones (.tmp-...)
+    included."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(output_dir, "**", "*"), recursive=True)):
-        if os.path.isfile(path):
+    for d, _, names in os.walk(output_dir):
+        for name in names:
+            path = os.path.join(d, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, output_dir)] = f.read()
-    return out
+    return dict(sorted(out.items()))
+
+
+def data_dir_problems(files: dict[str, bytes]) -> list[str] | None:
+    """A reader's check of a data_dir given as {path relative to it: bytes}, written here
+    from the contract (schema + hashlib), independently of the job's own check.
+
+    Returns:
+      None when there is no _SUCCESS (an unfinished data_dir: readers refuse it); else the
+      problems, [] when _SUCCESS commits to metadata.json's bytes and train/, test/,
+      errors/ and vocab.tsv hold exactly the files metadata.json lists ("manifest" and
+      "files"), each with its size and SHA-256.
+    """
+    if schema.SUCCESS_FILE not in files:
+        return None
+    metadata_bytes = files.get(schema.METADATA_FILE, b"")
+    try:
+        if not schema.check_success(files[schema.SUCCESS_FILE], metadata_bytes, "data_dir"):
+            return ["_SUCCESS is empty: it commits to no metadata.json"]
+    except schema.SchemaError as e:
+        return [str(e)]
+    metadata = json.loads(metadata_bytes)
+    expected = {f"{split}/{e['name']}": (e["bytes"], e["sha256"])
+                for split in schema.SPLITS for e in metadata[schema.MANIFEST][split]}
+    expected.update({path: (e["bytes"], e["sha256"]) for path, e in metadata["files"].items()})
+    present = {p for p in files if p.split("/")[0] in (*schema.SPLITS, schema.ERRORS_DIR)
+               or p == schema.VOCAB_FILE}
+    problems = [f"{p}: not listed" for p in sorted(present - set(expected))]
+    for path, (size, sha) in sorted(expected.items()):
+        data = files.get(path)
+        if data is None:
+            problems.append(f"{path}: missing")
+        elif (len(data), hashlib.sha256(data).hexdigest()) != (size, sha):
+            problems.append(f"{path}: not the listed bytes")
+    return problems
 
 
 def counters(result):
