@@ -73,8 +73,17 @@ def check_compatible(cfg: config_lib.TrainConfig) -> None:
     path = schema.join(model_dir, config_lib.CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return
-    with tf.io.gfile.GFile(path, "r") as f:
-        saved = json.loads(f.read())
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            saved = json.loads(f.read())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, tf.errors.OpError) as e:  # JSONDecodeError is a ValueError
+        first = (getattr(e, "message", None) or str(e)).splitlines()[0]
+        raise ModelDirError(
+            f"{path}: unreadable ({first}); it records the model shape of the checkpoints in "
+            f"{cfg.checkpoints_uri}. Restore it, or use another --model_dir to start afresh."
+        ) from None
     diffs = config_lib.shape_mismatches(saved, cfg)
     if diffs:
         raise ModelDirError(

@@ -90,12 +90,12 @@ def run(cfg: TrainConfig) -> dict:
                      step, model.loss_tracker.result().numpy(), rate or float("nan"))
         model.loss_tracker.reset_state()
         if evaluator and (t.eval_every_epoch or step == total):
-            results = evaluator(model, step)
+            results = _evaluate(evaluator, model, info, step)
         t0, t0_step = time.time(), step
 
     # The end: evaluate if resumed exactly at the end, then export.
     if evaluator and results["step"] != step:
-        results = evaluator(model, step)
+        results = _evaluate(evaluator, model, info, step)
     if "popularity" in results:
         logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
     if t.export:
@@ -114,6 +114,7 @@ def prepare(cfg: TrainConfig) -> data.DataInfo:
     if cfg.data_dir.startswith(storage.GCS_SCHEME):
         storage.preflight(cfg.data_dir, need_write=False, flag="data_dir")
     info = data.load_data_dir(cfg.data_dir)
+    data.check_sizes(info, cfg.trainer.global_batch_size)
     for flag in ("model_dir", "checkpoint_dir", "tensorboard_dir", "export_dir"):
         if flag == "model_dir" or getattr(cfg, flag):  # the others default beneath it
             storage.preflight(getattr(cfg, flag), need_write=True, flag=flag)
@@ -122,19 +123,23 @@ def prepare(cfg: TrainConfig) -> data.DataInfo:
 
 
 def _step(train_step, iterator, info: data.DataInfo, step: int) -> float:
-    """One training step; a shard that cannot be read stops training naming it."""
+    """One training step; a shard that cannot be read, or a train split that
+    holds fewer (or more) examples than metadata.json counts, stops training
+    naming the shard."""
     try:
         return float(train_step(next(iterator)))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-        bad = data.find_bad_shard(info, splits=(schema.TRAIN,))
-        if bad:
-            raise data.DataError(f"{bad[0]}: unreadable shard ({bad[1]}); training stopped at "
-                                 f"step {step}, the last checkpoint is kept") from None
-        raise
-    except (tf.errors.OutOfRangeError, StopIteration):
-        raise data.DataError(
-            f"{info.data_dir}: the train split ended at step {step}, before the "
-            f"{info.num_examples[schema.TRAIN]} examples metadata.json counts") from None
+    except data.READ_ERRORS as e:
+        raise data.reading_failed(info, schema.TRAIN, e, f"training stopped at step {step}, "
+                                  "the last checkpoint is kept") from None
+
+
+def _evaluate(evaluator: hooks.Evaluator, model, info: data.DataInfo, step: int) -> dict:
+    """evaluator(model, step), a damaged or short test split named like in _step."""
+    try:
+        return evaluator(model, step)
+    except data.READ_ERRORS as e:
+        raise data.reading_failed(info, schema.TEST, e, f"evaluation at step {step} stopped "
+                                  "(the checkpoint of that step is kept)") from None
 
 
 def _rate(steps: int, batch: int, since: float | None) -> float | None:

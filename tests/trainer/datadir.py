@@ -1,12 +1,16 @@
 """Writes small data_dirs shaped exactly like beam_jobs' output (beam_jobs/schema.py).
 
 Test-only: the trainer tests must not depend on the Beam job being importable or
-fast. The data is structured so a model can learn it: every user's timeline
+fast. Like the Beam job, it writes metadata.json's manifest (every shard's name,
+size, SHA-256 and example count) and a _SUCCESS that commits to metadata.json's
+bytes; `manifest=False` writes a data_dir as beam_jobs did before manifests
+(no manifest, empty _SUCCESS). The data is structured so a model can learn it: every user's timeline
 follows one fixed successor permutation of the movies (movie m is always followed
 by succ[m]), so the label is a function of the last context movie.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -43,6 +47,7 @@ def write_data_dir(
     seed: int = 0,
     schema_version: int = schema.SCHEMA_VERSION,
     success: bool = True,
+    manifest: bool = True,
 ) -> dict:
     """Writes a data_dir at `path`; returns {"train_examples", "test_examples", "movie_ids"}."""
     rng = random.Random(seed)
@@ -64,15 +69,18 @@ def write_data_dir(
             if split == schema.TRAIN:
                 counts[timeline[i]] += 1
 
-    shards = {}
+    shards, listed = {}, {}
     for split, n in ((schema.TRAIN, train_shards), (schema.TEST, test_shards)):
         os.makedirs(os.path.join(path, split), exist_ok=True)
         names = [schema.shard_name(i, n, compression) for i in range(n)]
         options = tf.io.TFRecordOptions(compression_type=schema.tf_compression_type(compression))
+        listed[split] = []
         for i, name in enumerate(names):
+            records = examples[split][i::n]
             with tf.io.TFRecordWriter(os.path.join(path, split, name), options) as w:
-                for record in examples[split][i::n]:
+                for record in records:
                     w.write(record)
+            listed[split].append(manifest_entry(os.path.join(path, split, name), len(records)))
         shards[split] = names
 
     rows = sorted(movie_ids, key=lambda m: (-counts[m], m))
@@ -94,12 +102,50 @@ def write_data_dir(
         },
         "shards": shards,
     }
-    with open(os.path.join(path, schema.METADATA_FILE), "w") as f:
-        json.dump(metadata, f, indent=2)
-    if success:
-        open(os.path.join(path, schema.SUCCESS_FILE), "w").close()
+    if manifest:
+        metadata[schema.MANIFEST] = listed
+    write_metadata(path, metadata, success=success, commit=manifest)
     return {
         "train_examples": len(examples[schema.TRAIN]),
         "test_examples": len(examples[schema.TEST]),
         "movie_ids": rows,
     }
+
+
+def manifest_entry(shard_path: str, examples: int) -> dict:
+    """The manifest entry of a shard file as it is now (schema.MANIFEST)."""
+    with open(shard_path, "rb") as f:
+        raw = f.read()
+    return {"name": os.path.basename(shard_path), "bytes": len(raw),
+            "sha256": hashlib.sha256(raw).hexdigest(), "examples": examples}
+
+
+def read_metadata(path: str) -> dict:
+    with open(os.path.join(path, schema.METADATA_FILE)) as f:
+        return json.load(f)
+
+
+def write_metadata(path: str, metadata: dict, *, success: bool = True, commit: bool = True
+                   ) -> None:
+    """Writes metadata.json, then (success) _SUCCESS: committing to metadata.json's
+    bytes (schema.success_record) with `commit`, else empty (the old format)."""
+    text = json.dumps(metadata, indent=2).encode()
+    with open(os.path.join(path, schema.METADATA_FILE), "wb") as f:
+        f.write(text)
+    if success:
+        with open(os.path.join(path, schema.SUCCESS_FILE), "wb") as f:
+            f.write(schema.success_record(text) if commit else b"")
+
+
+def refresh_manifest(path: str, examples: dict | None = None) -> None:
+    """Re-records every listed shard's size and SHA-256 as the file is now (after a
+    test rewrote it on purpose), with its example count from `examples`
+    ({shard name: count}) where given, the split counts to match, and a _SUCCESS
+    committing to the new metadata.json: a consistent data_dir again."""
+    metadata = read_metadata(path)
+    for split, entries in metadata[schema.MANIFEST].items():
+        for i, e in enumerate(entries):
+            count = (examples or {}).get(e["name"], e["examples"])
+            entries[i] = manifest_entry(os.path.join(path, split, e["name"]), count)
+        metadata["counts"][f"{split}_examples"] = sum(e["examples"] for e in entries)
+    write_metadata(path, metadata)
