@@ -33,11 +33,21 @@ RATINGS_HEADER = b"userid,movieid,rating,timestamp"
 MOVIES_HEADER = "movieid,title,genres"
 MAX_ID = 2**31 - 1
 MAX_TIMESTAMP = 2**62
+# Longest line (bytes, without its newline) of a ratings or movies file. Real lines are
+# far shorter (ML-25M: 60-byte ratings, 200-byte movies); a longer one is set aside rather
+# than parsed: a huge genre list would size the encoder's header tables, and a field of
+# more than 4,300 digits is more than Python's int() will read.
+MAX_LINE_BYTES = 4096
 # Reasons a line is set aside (errors/ files, counters malformed_<reason>).
 BLANK, UNDECODABLE, FIELD_COUNT, NON_NUMERIC = "blank_line", "undecodable", "field_count", "non_numeric"
 OUT_OF_RANGE, RATING_RANGE = "id_out_of_range", "rating_out_of_range"
+OVERLONG, NUL_BYTE = "overlong_line", "nul_byte"
 UNKNOWN_MOVIE, DUPLICATE_MOVIE = "unknown_movie", "duplicate_movie_id"
 MAX_ERROR_TEXT = 500
+# Text encoding of a movies file by format; ratings files are ASCII (read as UTF-8 for the
+# errors/ text).
+MOVIES_ENCODING = {"dat": "latin-1", "csv": "utf-8"}
+RATINGS_ENCODING = "utf-8"
 
 
 class InputError(ValueError):
@@ -196,17 +206,21 @@ def read_range(path: str, start: int, end: int) -> RangeText:
             p = a + nl + 1
         body = buf[p - a:]
         if body and not body.endswith(b"\n"):
-            # The last line continues past `end`: read up to its newline (or EOF).
+            # The last line continues past `end`: read up to its newline (or EOF), keeping
+            # at most MAX_LINE_BYTES + 1 bytes of it: enough to know it is overlong.
+            keep = max(0, MAX_LINE_BYTES + 1 - (len(body) - body.rfind(b"\n") - 1))
             tail = []
             while True:
                 block = f.read(1 << 16)
                 if not block:
                     break
                 nl = block.find(b"\n")
+                piece = block if nl < 0 else block[:nl]
+                tail.append(piece[:keep])
+                keep -= len(tail[-1])
                 if nl >= 0:
-                    tail.append(block[:nl + 1])
+                    tail.append(b"\n")
                     break
-                tail.append(block)
             body += b"".join(tail)
     return RangeText(body, 0 if p == start else 1, newlines)
 
@@ -215,6 +229,23 @@ def read_range(path: str, start: int, end: int) -> RangeText:
 
 _INT = re.compile(rb"[0-9]+\Z")
 _FLOAT = re.compile(rb"(?:[0-9]+\.?[0-9]*|\.[0-9]+)\Z")
+_MAX_DIGITS = len(str(MAX_TIMESTAMP))  # no id or timestamp in range has more
+
+
+def _bounded_int(digits: bytes) -> int | None:
+    """int(digits) of an _INT match, None when it has more significant digits than any
+    value in range (int() refuses more than 4,300 digits: a ValueError, not a reason)."""
+    significant = digits.lstrip(b"0")
+    return int(significant or b"0") if len(significant) <= _MAX_DIGITS else None
+
+
+def _bad_line(line: bytes) -> str | None:
+    """The reason checked before any parsing, for ratings and movies lines alike."""
+    if len(line) > MAX_LINE_BYTES:
+        return OVERLONG
+    if b"\0" in line:
+        return NUL_BYTE
+    return None
 
 
 def parse_rating_line(line: bytes, fmt: str) -> tuple[int, int, float, int] | str:
@@ -223,6 +254,8 @@ def parse_rating_line(line: bytes, fmt: str) -> tuple[int, int, float, int] | st
     line = line.rstrip(b"\r")
     if not line.strip():
         return BLANK
+    if bad := _bad_line(line):
+        return bad
     try:
         line.decode("ascii")
     except UnicodeDecodeError:
@@ -233,7 +266,10 @@ def parse_rating_line(line: bytes, fmt: str) -> tuple[int, int, float, int] | st
     u, m, r, t = fields
     if not (_INT.match(u) and _INT.match(m) and _INT.match(t) and _FLOAT.match(r)):
         return NON_NUMERIC
-    user, movie, rating, ts = int(u), int(m), float(r), int(t)
+    user, movie, ts = _bounded_int(u), _bounded_int(m), _bounded_int(t)
+    if user is None or movie is None or ts is None:
+        return OUT_OF_RANGE
+    rating = float(r)
     if not (1 <= user <= MAX_ID and 1 <= movie <= MAX_ID and ts <= MAX_TIMESTAMP):
         return OUT_OF_RANGE
     if not (0.5 <= rating <= 5.0 and rating * 2 == int(rating * 2)):
@@ -293,6 +329,9 @@ def _parse_bulk(text: bytes, fmt: str) -> ParsedRatings | None:
         return None
     if b"\r" in text:
         text = text.replace(b"\r\n", b"\n")
+    newlines = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("\n"))
+    if np.diff(newlines, prepend=-1, append=len(text)).max() > MAX_LINE_BYTES + 1:
+        return None  # an overlong line (the exact path says so)
     if fmt == "dat":
         if b"," in text:
             return None
@@ -390,7 +429,7 @@ def parse_movies(data: bytes, fmt: str) -> tuple[MoviesTable, list[tuple[int, st
         if n == 1 and fmt == "csv" and _is_movies_header(line):
             continue
         num_lines += 1
-        parsed = _parse_movie_line(line, fmt)
+        parsed = _bad_line(line) or _parse_movie_line(line, fmt)
         if isinstance(parsed, str):
             errors.append((n, parsed, raw[:MAX_ERROR_TEXT]))
             continue
@@ -428,13 +467,15 @@ def _parse_movie_line(line: bytes, fmt: str) -> tuple[int, str, str] | str:
             return FIELD_COUNT
     if not _INT.match(fields[0].encode()):
         return NON_NUMERIC
-    movie_id = int(fields[0])
-    if not 1 <= movie_id <= MAX_ID:
+    movie_id = _bounded_int(fields[0].encode())
+    if movie_id is None or not 1 <= movie_id <= MAX_ID:
         return OUT_OF_RANGE
     return movie_id, fields[1].strip(), fields[2].strip()
 
 
-def error_text(line: bytes) -> str:
-    """A line as printable text for errors/ (undecodable bytes escaped, tabs as spaces)."""
-    return (line.decode("utf-8", "backslashreplace").replace("\t", " ").replace("\r", "\\r")
-            .replace("\n", " "))
+def error_text(line: bytes, encoding: str) -> str:
+    """A line (its first MAX_ERROR_TEXT bytes) as one errors/ TSV field: decoded with its
+    file's encoding, an undecodable byte NN kept as the lone surrogate U+DCNN (Python's
+    surrogateescape), then schema.escape_field. Exact: the bytes are
+    schema.unescape_field(text).encode(encoding, "surrogateescape")."""
+    return schema.escape_field(line.decode(encoding, "surrogateescape"))

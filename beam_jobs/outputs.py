@@ -158,10 +158,12 @@ def errors_file_name(input_file: str) -> str:
 
 
 def write_errors(element: tuple[str, list], output_dir: str) -> WrittenFile:
-    """(input file, its ErrorRecords) -> errors/<input basename>.tsv sorted by line."""
+    """(input file, its ErrorRecords) -> errors/<input basename>.tsv sorted by line, the
+    file name escaped like the text (schema.escape_field)."""
     input_file, records = element
     rows = sorted(r for r in records if r is not None)
-    lines = [ERRORS_HEADER] + [f"{r.file}\t{r.line}\t{r.reason}\t{r.text}" for r in rows]
+    lines = [ERRORS_HEADER] + [f"{schema.escape_field(r.file)}\t{r.line}\t{r.reason}\t{r.text}"
+                               for r in rows]
     rel = posixpath.join(schema.ERRORS_DIR, errors_file_name(input_file))
     path = schema.join(output_dir, rel)
     data = ("\n".join(lines) + "\n").encode("utf-8")

@@ -94,7 +94,9 @@ class _ParseMoviesFn(beam.DoFn):
         _LOG.info("read %s: %d movies, %d malformed lines", path, len(table), len(errors))
         for line, reason, text in errors:
             yield beam.pvalue.TaggedOutput(
-                "errors", outputs.ErrorRecord(path, line, reason, movielens.error_text(text)))
+                "errors", outputs.ErrorRecord(
+                    path, line, reason,
+                    movielens.error_text(text, movielens.MOVIES_ENCODING[self._fmt])))
         yield outputs.MoviesStats(table, num_lines, outputs.reason_counts(errors))
 
 

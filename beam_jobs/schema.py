@@ -21,6 +21,9 @@ fail `check_success` or the manifest (trainer/data.py verifies every shard befor
 training). A data_dir whose files are not all from one run is refused. The job
 checks the same before it writes _SUCCESS: `listed_files` is the complete list of
 what train/, test/, errors/ and vocab.tsv must hold.
+
+Text: vocab.tsv and errors/*.tsv are UTF-8, one record per "\n"-terminated line,
+tab-separated, every text field written with `escape_field` (see there).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,7 +58,7 @@ TRAIN = "train"
 TEST = "test"
 SPLITS = (TRAIN, TEST)
 VOCAB_FILE = "vocab.tsv"
-# Header line of vocab.tsv. Titles and genres have tabs/newlines replaced by spaces.
+# Header line of vocab.tsv. Titles and genres are written with escape_field.
 VOCAB_COLUMNS = ("movie_id", "count", "year", "title", "genres")
 METADATA_FILE = "metadata.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -155,18 +159,54 @@ def loads_metadata(text: str, source: str) -> dict:
     return metadata
 
 
+# --- Text fields of the job's TSV files (vocab.tsv, errors/*.tsv) -----------------------
+# Rule: lines end with "\n" and nothing else splits them; fields are separated by "\t".
+# A field is written with escape_field: a backslash becomes "\\", tab/LF/CR become "\t",
+# "\n", "\r", and every other character that could split a line or is unprintable -- the
+# C0 and C1 controls (NUL, \x0b, \x0c, \x1c-\x1e, \x85, DEL, ...), U+2028, U+2029 (all that
+# str.splitlines splits on) and lone surrogates -- becomes "\xNN" (< 0x100) or "\uNNNN".
+# unescape_field reverses it exactly: any title or genre list round-trips.
+_ESCAPE = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_TO_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_ESCAPED = re.compile(r"\\(?:([\\tnr])|x([0-9a-f]{2})|u([0-9a-f]{4}))")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = m.group()
+    if c in _ESCAPE:
+        return _ESCAPE[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def escape_field(text: str) -> str:
+    """`text` as one TSV field of one line (see the rule above)."""
+    return _TO_ESCAPE.sub(_escape_char, text)
+
+
+def _unescape_char(m: re.Match) -> str:
+    short, byte, code = m.groups()
+    return _UNESCAPE[short] if short else chr(int(byte or code, 16))
+
+
+def unescape_field(field: str) -> str:
+    """The text escape_field wrote. A backslash that starts no escape is kept as is
+    (vocab.tsv files written before escaping existed replaced tabs and line ends by spaces
+    and wrote backslashes unescaped)."""
+    return _ESCAPED.sub(_unescape_char, field) if "\\" in field else field
+
+
 def format_vocab_row(movie_id: int, count: int, year: int, title: str, genres: str) -> str:
-    """One vocab.tsv line (no newline)."""
-
-    def clean(s: str) -> str:
-        return s.replace("\t", " ").replace("\n", " ").replace("\r", " ")
-
-    return f"{movie_id}\t{count}\t{year}\t{clean(title)}\t{clean(genres)}"
+    """One vocab.tsv line (no newline); title and genres escaped (escape_field)."""
+    return f"{movie_id}\t{count}\t{year}\t{escape_field(title)}\t{escape_field(genres)}"
 
 
 def parse_vocab(text: str, source: str) -> list[dict]:
-    """Parses vocab.tsv text into rows {movie_id, count, year, title, genres}."""
-    lines = text.splitlines()
+    """Parses vocab.tsv text into rows {movie_id, count, year, title, genres}: lines split
+    at "\n" only, title and genres unescaped (unescape_field)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline ending the last line starts no line
     if not lines or tuple(lines[0].split("\t")) != VOCAB_COLUMNS:
         header = "\t".join(VOCAB_COLUMNS)
         raise SchemaError(f"{source}: header must be {header!r}")
@@ -181,8 +221,8 @@ def parse_vocab(text: str, source: str) -> list[dict]:
                     "movie_id": int(fields[0]),
                     "count": int(fields[1]),
                     "year": int(fields[2]),
-                    "title": fields[3],
-                    "genres": fields[4],
+                    "title": unescape_field(fields[3]),
+                    "genres": unescape_field(fields[4]),
                 }
             )
         except ValueError as e:

@@ -68,7 +68,8 @@ def parse_range(path: str, start: int, end: int, fmt: str, cfg: JobConfig,
     """
     text = movielens.read_range(path, start, end)
     parsed = movielens.parse_ratings(text.body, fmt, file_start=start == 0)
-    pending = [PendingError(path, start, text.lines_before, i, reason, movielens.error_text(t))
+    pending = [PendingError(path, start, text.lines_before, i, reason,
+                            movielens.error_text(t, movielens.RATINGS_ENCODING))
                for i, reason, t in parsed.errors]
     keep = parsed.rating >= np.float32(cfg.min_rating)
     rows = movies.rows(parsed.movie)

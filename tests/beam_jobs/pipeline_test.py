@@ -177,7 +177,10 @@ def test_bad_lines_are_counted_and_set_aside(tmp_path):
         ("ratings.dat", 2, movielens.BLANK), ("ratings.dat", 3, movielens.FIELD_COUNT),
         ("ratings.dat", 4, movielens.NON_NUMERIC), ("ratings.dat", 5, movielens.RATING_RANGE),
         ("ratings.dat", 6, movielens.UNKNOWN_MOVIE), ("ratings.dat", 9, movielens.UNDECODABLE)]
-    assert rows[6][3] == "2::1::4::17\\xff"
+    # The undecodable byte as a lone surrogate, escaped (exact: the bytes come back).
+    assert rows[6][3] == "2::1::4::17\\udcff"
+    assert schema.unescape_field(rows[6][3]).encode("utf-8", "surrogateescape") == (
+        b"2::1::4::17\xff")
     with open(os.path.join(out, schema.ERRORS_DIR, "movies.dat.tsv")) as f:
         assert f.read().splitlines()[1].split("\t")[1:3] == ["5", movielens.FIELD_COUNT]
     counts = util.read_metadata(out)["counts"]
