@@ -145,6 +145,7 @@ class Writer:
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, is_chief: bool,
                  keep: int):
         self._tmp = None
+        self.target = directory  # what the chief writes, whichever worker this is
         if is_chief:
             if tf.io.gfile.isdir(directory):
                 removed = remove_stale_temp(directory)
@@ -176,6 +177,10 @@ class Writer:
                 f"stopped at step {step}; the last complete checkpoint is "
                 f"{latest_path or 'none'}: rerun the same command to resume from it."
             ) from None
+
+    def chief_path(self, step: int) -> str:
+        """The path of checkpoint `step` as the chief saves it (in `target`)."""
+        return schema.join(self.target, f"ckpt-{step}")
 
     def close(self) -> None:
         if self._tmp:

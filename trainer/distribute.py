@@ -144,5 +144,24 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
             tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))()
 
 
+def any_worker(strategy: tf.distribute.Strategy):
+    """A function flag -> whether `flag` is True on ANY worker (the same answer on all).
+
+    Under MultiWorkerMirroredStrategy each call is a collective (a SUM all-reduce
+    of one 0/1 scalar per replica): every worker must call it at the same point, in the same
+    order as its other collectives. With one worker it returns `flag` (no op).
+    Make it once per run (one trace), call it as often as needed.
+    """
+    if not strategy.extended._in_multi_worker_mode():  # noqa: SLF001 (as in barrier)
+        return bool
+
+    @tf.function
+    def count(value):
+        per_replica = strategy.run(tf.identity, args=(value,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: bool(count(tf.constant(1.0 if flag else 0.0)).numpy() > 0)
+
+
 def log_strategy(strategy: tf.distribute.Strategy) -> None:
     logging.info("Distribution: %s", describe(strategy))

@@ -2,7 +2,8 @@
 
 Phases: check inputs and outputs -> strategy -> build and restore -> (already
 done? return) -> for each step: next batch, one distributed step, summaries,
-checkpoint when due, evaluate at epoch ends -> export.
+checkpoint when due (or on SIGTERM/SIGINT: checkpoint, exit 75; see
+preemption.py), evaluate at epoch ends -> export.
 
 Precondition: TensorFlow's devices are configured (the entry point calls
 distribute.configure_virtual_cpus before anything initialises TensorFlow).
@@ -16,95 +17,114 @@ import tensorflow as tf
 from absl import logging
 
 from beam_jobs import schema
-from trainer import checkpoints, console, data, distribute, hooks, storage, summaries
+from trainer import checkpoints, console, data, distribute, hooks, preemption, storage, summaries
 from trainer.config import CONFIG_FILE, ConfigError, TrainConfig
 from trainer.task import RetrievalTask
 
 
 def run(cfg: TrainConfig) -> dict:
     """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}
-    (what metrics.json holds)."""
+    (what metrics.json holds).
+
+    Raises:
+      preemption.Preempted (a SystemExit of status 75) after SIGTERM or SIGINT,
+      once the step in flight is checkpointed; see trainer/preemption.py.
+    """
     t = cfg.trainer
     # Check inputs and outputs before building anything. Only tf.io.gfile here:
     # MultiWorkerMirroredStrategy must exist before anything starts TF's runtime.
     info = prepare(cfg)
     strategy = distribute.make_strategy(t.strategy)
-    data.check_first_records(info)
-    distribute.log_strategy(strategy)
-    is_chief = distribute.task_of(strategy).is_chief
-    if t.global_batch_size % strategy.num_replicas_in_sync:
-        raise ConfigError(f"--global_batch_size={t.global_batch_size} is not divisible by the "
-                          f"{strategy.num_replicas_in_sync} replicas")
+    # From here SIGTERM/SIGINT request a stop at the next step boundary. Entered
+    # after the strategy: its runtime may install a SIGTERM handler of its own.
+    with preemption.StopSignals() as signals:
+        data.check_first_records(info)
+        distribute.log_strategy(strategy)
+        is_chief = distribute.task_of(strategy).is_chief
+        if t.global_batch_size % strategy.num_replicas_in_sync:
+            raise ConfigError(f"--global_batch_size={t.global_batch_size} is not divisible by "
+                              f"the {strategy.num_replicas_in_sync} replicas")
 
-    # Build every variable, then restore the latest checkpoint into them.
-    task = RetrievalTask(info, cfg)
-    model, optimizer = task.build_model(strategy)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    restored = checkpoints.restore(checkpoint, cfg.checkpoints_uri)
-    step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
-    per_epoch, total = task.steps_per_epoch, task.total_steps
-    if restored:
-        logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
-                     restored, step, min(step // per_epoch + 1, t.epochs), t.epochs)
-    if is_chief:
-        summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE), json.loads(cfg.to_json()))
-    metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
-    if step >= total and tf.io.gfile.exists(metrics_path):
-        logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not training "
-                     "again", step, total, t.epochs, per_epoch)
-        return summaries.read_json(metrics_path)
+        # Build every variable, then restore the latest checkpoint into them.
+        task = RetrievalTask(info, cfg)
+        model, optimizer = task.build_model(strategy)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        restored = checkpoints.restore(checkpoint, cfg.checkpoints_uri)
+        step = int(optimizer.iterations.numpy())  # int() of a MirroredVariable fails
+        per_epoch, total = task.steps_per_epoch, task.total_steps
+        if restored:
+            logging.info("Resumed from checkpoint %s at step %d (epoch %d of %d)",
+                         restored, step, min(step // per_epoch + 1, t.epochs), t.epochs)
+        if is_chief:
+            summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE),
+                                 json.loads(cfg.to_json()))
+        metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
+        if step >= total and tf.io.gfile.exists(metrics_path):
+            logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not "
+                         "training again", step, total, t.epochs, per_epoch)
+            return summaries.read_json(metrics_path)
 
-    # Outputs of the loop: checkpoints, summaries, evaluation.
-    writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, is_chief, t.keep_checkpoints)
-    train_log, eval_log = _summary_writers(cfg, is_chief)
-    evaluator = hooks.Evaluator(info, cfg, eval_log) if is_chief else None
-    iterator = iter(task.build_inputs(strategy, step))  # one iterator for the run (data.py)
-    train_step = task.train_step(model, optimizer, strategy)
-    logging.info("Training steps %d..%d: %d epoch(s) x %d steps of %d examples (%d per replica)",
-                 step, total, t.epochs, per_epoch, t.global_batch_size,
-                 t.global_batch_size // strategy.num_replicas_in_sync)
+        # Outputs of the loop: checkpoints, summaries, evaluation; and the vote
+        # that makes every worker stop at the same step.
+        writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, is_chief,
+                                    t.keep_checkpoints)
+        train_log, eval_log = _summary_writers(cfg, is_chief)
+        evaluator = hooks.Evaluator(info, cfg, eval_log) if is_chief else None
+        iterator = iter(task.build_inputs(strategy, step))  # one iterator for the run (data.py)
+        train_step = task.train_step(model, optimizer, strategy)
+        any_worker = distribute.any_worker(strategy)
+        logging.info("Training steps %d..%d: %d epoch(s) x %d steps of %d examples (%d per "
+                     "replica)", step, total, t.epochs, per_epoch, t.global_batch_size,
+                     t.global_batch_size // strategy.num_replicas_in_sync)
 
-    results, progress, t0, t0_step = {"step": step}, None, None, step
-    while step < total:
-        epoch, in_epoch = divmod(step, per_epoch)
-        progress = progress or console.Progress(epoch + 1, t.epochs, per_epoch, in_epoch)
-        loss = _step(train_step, iterator, info, step)
-        step += 1
-        if t0 is None:  # the first step traces the step function: time from after it
-            t0, t0_step = time.time(), step
-        progress.update(in_epoch + 1, loss)
-        with train_log.as_default():
-            summaries.scalar("loss_per_example", loss, step)
-            summaries.scalar("learning_rate", summaries.current_lr(optimizer), step)
-        epoch_end = step % per_epoch == 0
-        if epoch_end or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0):
-            logging.info("Saved checkpoint %s", writer.save(step))
-        if not epoch_end:
-            continue
-        # Epoch end: throughput, mean loss, evaluation.
-        progress, rate = None, _rate(step - t0_step, t.global_batch_size, t0)
-        if rate:
+        results, progress, t0, t0_step = {"step": step}, None, None, step
+        while step < total:
+            epoch, in_epoch = divmod(step, per_epoch)
+            progress = progress or console.Progress(epoch + 1, t.epochs, per_epoch, in_epoch)
+            loss = _step(train_step, iterator, info, step)
+            step += 1
+            if t0 is None:  # the first step traces the step function: time from after it
+                t0, t0_step = time.time(), step
+            progress.update(in_epoch + 1, loss)
             with train_log.as_default():
-                summaries.scalar("examples_per_second", rate, step)
-        logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s", step // per_epoch,
-                     step, model.loss_tracker.result().numpy(), rate or float("nan"))
-        model.loss_tracker.reset_state()
-        if evaluator and (t.eval_every_epoch or step == total):
-            results = _evaluate(evaluator, model, info, step)
-        t0, t0_step = time.time(), step
+                summaries.scalar("loss_per_example", loss, step)
+                summaries.scalar("learning_rate", summaries.current_lr(optimizer), step)
+            # A stop requested on any worker: all save this step together, then exit 75.
+            stop = any_worker(signals.requested)
+            epoch_end = step % per_epoch == 0
+            if stop or epoch_end or (t.checkpoint_every_steps
+                                     and step % t.checkpoint_every_steps == 0):
+                logging.info("Saved checkpoint %s", writer.save(step))
+            if stop:
+                raise _stopped(signals, step, strategy, writer, (train_log, eval_log))
+            if not epoch_end:
+                continue
+            # Epoch end: throughput, mean loss, evaluation.
+            progress, rate = None, _rate(step - t0_step, t.global_batch_size, t0)
+            if rate:
+                with train_log.as_default():
+                    summaries.scalar("examples_per_second", rate, step)
+            logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s",
+                         step // per_epoch, step, model.loss_tracker.result().numpy(),
+                         rate or float("nan"))
+            model.loss_tracker.reset_state()
+            if evaluator and (t.eval_every_epoch or step == total):
+                results = _evaluate(evaluator, model, info, step)
+            t0, t0_step = time.time(), step
 
-    # The end: evaluate if resumed exactly at the end, then export.
-    if evaluator and results["step"] != step:
-        results = _evaluate(evaluator, model, info, step)
-    if "popularity" in results:
-        logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
-    if t.export:
-        hooks.export_savedmodel(model, info, cfg, is_chief)
-    distribute.barrier(strategy)
-    writer.close()
-    train_log.flush()
-    eval_log.flush()
-    return results
+        # The end: evaluate if resumed exactly at the end, then export. (A signal
+        # from here on lets them finish: all training is checkpointed.)
+        if evaluator and results["step"] != step:
+            results = _evaluate(evaluator, model, info, step)
+        if "popularity" in results:
+            logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
+        if t.export:
+            hooks.export_savedmodel(model, info, cfg, is_chief)
+        distribute.barrier(strategy)
+        writer.close()
+        train_log.flush()
+        eval_log.flush()
+        return results
 
 
 def prepare(cfg: TrainConfig) -> data.DataInfo:
@@ -140,6 +160,21 @@ def _evaluate(evaluator: hooks.Evaluator, model, info: data.DataInfo, step: int)
     except data.READ_ERRORS as e:
         raise data.reading_failed(info, schema.TEST, e, f"evaluation at step {step} stopped "
                                   "(the checkpoint of that step is kept)") from None
+
+
+def _stopped(signals: preemption.StopSignals, step: int, strategy, writer: checkpoints.Writer,
+             logs) -> preemption.Preempted:
+    """After the checkpoint of `step` is saved on a stop request: every worker
+    leaves together (a worker exiting early looks crashed to its peers); returns
+    the Preempted to raise."""
+    distribute.barrier(strategy)
+    writer.close()
+    for log in logs:
+        log.flush()
+    stopped = preemption.Preempted(signals.signal_name or "another worker's signal", step,
+                                   writer.chief_path(step))
+    logging.warning("%s", stopped)
+    return stopped
 
 
 def _rate(steps: int, batch: int, since: float | None) -> float | None:

@@ -55,3 +55,68 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: floa
         if proc.poll() is None:
             proc.kill()
     return proc.returncode
+
+
+class Watched:
+    """A trainer subprocess whose output (stdout and stderr together) is read as it
+    comes, so a test can act on a line, e.g. signal it mid-epoch like a preempted
+    machine. Always use it in `with`: the process is killed on the way out if it
+    is still running."""
+
+    def __init__(self, cmd: list[str], env: dict):
+        import threading
+
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+        with self._new:
+            self._new.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout_s: float = 120):
+        """The first match of the regex `pattern` in a line; raises if the process
+        ends or the time runs out first."""
+        import re
+
+        deadline, seen = time.monotonic() + timeout_s, 0
+        with self._new:
+            while True:
+                for line in self.lines[seen:]:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r}:\n{self.output[-4000:]}")
+                self._new.wait(min(left, 0.5))
+
+    def signal(self, sig: int) -> float:
+        """Sends `sig`; returns the monotonic time it was sent."""
+        self.proc.send_signal(sig)
+        return time.monotonic()
+
+    def wait(self, timeout_s: float = 120) -> int:
+        returncode = self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=10)
+        return returncode
+
+    def __enter__(self) -> Watched:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
