@@ -17,7 +17,17 @@ import tensorflow as tf
 from absl import logging
 
 from beam_jobs import schema
-from trainer import checkpoints, console, data, distribute, hooks, preemption, storage, summaries
+from trainer import (
+    checkpoints,
+    console,
+    data,
+    distribute,
+    export,
+    hooks,
+    preemption,
+    storage,
+    summaries,
+)
 from trainer.config import CONFIG_FILE, ConfigError, TrainConfig
 from trainer.task import RetrievalTask
 
@@ -58,11 +68,14 @@ def run(cfg: TrainConfig) -> dict:
         if is_chief:
             summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE),
                                  json.loads(cfg.to_json()))
-        metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
-        if step >= total and tf.io.gfile.exists(metrics_path):
+        # Done when metrics.json is of this step and the export holds its weights
+        # (a run stopped in its final evaluation or export does them again).
+        results = _metrics(cfg)
+        if (step >= total and results["step"] == step
+                and (not t.export or _exported_after(cfg, restored))):
             logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not "
                          "training again", step, total, t.epochs, per_epoch)
-            return summaries.read_json(metrics_path)
+            return results
 
         # Outputs of the loop: checkpoints, summaries, evaluation; and the vote
         # that makes every worker stop at the same step.
@@ -77,7 +90,7 @@ def run(cfg: TrainConfig) -> dict:
                      "replica)", step, total, t.epochs, per_epoch, t.global_batch_size,
                      t.global_batch_size // strategy.num_replicas_in_sync)
 
-        results, progress, t0, t0_step = {"step": step}, None, None, step
+        progress, t0, t0_step = None, None, step
         while step < total:
             epoch, in_epoch = divmod(step, per_epoch)
             progress = progress or console.Progress(epoch + 1, t.epochs, per_epoch, in_epoch)
@@ -175,6 +188,24 @@ def _stopped(signals: preemption.StopSignals, step: int, strategy, writer: check
                                    writer.chief_path(step))
     logging.warning("%s", stopped)
     return stopped
+
+
+def _metrics(cfg: TrainConfig) -> dict:
+    """metrics.json of model_dir, or {"step": None} when there is none yet."""
+    path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
+    return summaries.read_json(path) if tf.io.gfile.exists(path) else {"step": None}
+
+
+def _exported_after(cfg: TrainConfig, checkpoint: str) -> bool:
+    """Whether the newest export was written after `checkpoint` (so it holds
+    those weights, not an earlier run's). A SavedModel's saved_model.pb is
+    written last, atomically (tf.saved_model.save; export.py moves it last)."""
+    version = export.latest(cfg.export_uri)
+    saved_model = version and schema.join(version, "saved_model.pb")
+    if not saved_model or not tf.io.gfile.exists(saved_model):
+        return False
+    written = tf.io.gfile.stat(saved_model).mtime_nsec
+    return written >= tf.io.gfile.stat(checkpoint + ".index").mtime_nsec
 
 
 def _rate(steps: int, batch: int, since: float | None) -> float | None:

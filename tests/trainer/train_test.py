@@ -110,6 +110,41 @@ def test_finished_run_is_not_trained_again(trained, caplog):
     assert sorted(os.listdir(checkpoints.checkpoint_dir(cfg.model_dir))) == before
 
 
+@pytest.mark.parametrize("stopped_in", ["final evaluation", "export"])
+def test_run_stopped_after_its_last_step_evaluates_and_exports_on_rerun(
+        trained, tmp_path, caplog, stopped_in):
+    # A model_dir as a run stopped (e.g. killed at the end of a preemption's
+    # grace period) after its last checkpoint leaves it: in the final evaluation,
+    # metrics.json is the previous epoch's; in the export, the only export is an
+    # earlier run's (older than the last checkpoint).
+    cfg, results = trained
+    if stopped_in == "export":
+        shutil.copytree(os.path.join(cfg.model_dir, "export"), tmp_path / "export")
+        os.utime(tmp_path / "export" / "1" / "saved_model.pb", (1e9, 1e9))  # 2001
+    src = checkpoints.checkpoint_dir(cfg.model_dir)
+    dst = checkpoints.checkpoint_dir(str(tmp_path))
+    os.makedirs(dst)
+    for f in tf.io.gfile.glob(os.path.join(src, "ckpt-60.*")):
+        shutil.copy(f, dst)
+    tf.compat.v1.train.update_checkpoint_state(dst, os.path.join(dst, "ckpt-60"))
+    shutil.copy(os.path.join(cfg.model_dir, "config.json"), tmp_path)
+    metrics = {**results, "step": 40} if stopped_in == "final evaluation" else results
+    with open(tmp_path / "metrics.json", "w") as f:
+        json.dump(metrics, f)
+    caplog.set_level(logging.INFO, logger="absl")
+    rerun = loop.run(cfg.replace(model_dir=str(tmp_path)))
+    assert "Already trained" not in caplog.text
+    assert "Training steps 60..60" in caplog.text  # nothing trained again
+    assert rerun["step"] == 60 and rerun["test"] == pytest.approx(results["test"])
+    newest = "2" if stopped_in == "export" else "1"
+    assert os.path.exists(tmp_path / "export" / newest / "saved_model.pb")
+    # ... and now it is done.
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="absl")  # the export leaves absl's logger at WARNING
+    assert loop.run(cfg.replace(model_dir=str(tmp_path))) == rerun
+    assert "Already trained: step 60 >= 60" in caplog.text
+
+
 def test_checkpoint_of_another_embedding_dim(trained):
     cfg, _ = trained
     with pytest.raises(checkpoints.ModelDirError,
