@@ -217,13 +217,18 @@ def _header_table(fn, size: int) -> tuple[bytes, np.ndarray, np.ndarray]:
     return b"".join(parts), np.cumsum(lens) - lens, lens
 
 
-def _int64_header(prefix: bytes):
-    """entry header of an Int64List feature whose packed varints take n bytes."""
+# Feature's field of each packed list: float_list (2), int64_list (3).
+_FLOAT_LIST, _INT64_LIST = b"\x12", b"\x1a"
+
+
+def _packed_header(prefix: bytes, list_tag: bytes):
+    """fn(n): the entry header of a packed FloatList/Int64List feature (map entry `prefix`,
+    Feature field `list_tag`) whose packed values take n bytes."""
     def fn(packed_len: int) -> bytes:
         inner = 1 + len(varint(packed_len)) + packed_len
         feat = 1 + len(varint(inner)) + inner
         body = len(prefix) + len(varint(feat)) + feat
-        return (b"\x0a" + varint(body) + prefix + varint(feat) + b"\x1a" + varint(inner)
+        return (b"\x0a" + varint(body) + prefix + varint(feat) + list_tag + varint(inner)
                 + b"\x0a" + varint(packed_len))
     return fn
 
@@ -234,24 +239,16 @@ def _genre_header(pieces_len: int) -> bytes:
     return b"\x0a" + varint(body) + _GENRE + varint(feat) + b"\x0a" + varint(pieces_len)
 
 
-def _rating_header(packed_len: int) -> bytes:
-    inner = 1 + len(varint(packed_len)) + packed_len
-    feat = 1 + len(varint(inner)) + inner
-    body = len(_RATING) + len(varint(feat)) + feat
-    return (b"\x0a" + varint(body) + _RATING + varint(feat) + b"\x12" + varint(inner)
-            + b"\x0a" + varint(packed_len))
-
-
 @functools.lru_cache(maxsize=8)
 def _headers(L: int, G: int, max_piece: int) -> tuple:
     """The header tables of an encoder (indexed by payload length), the constant regions of
     its pool as uint8 and their offsets: the same for every shard of a job, so built once
     per process (rebuilding them took a quarter of a 64-shard run on a small input)."""
-    id_hdr = _header_table(_int64_header(_ID), _MAXV * L + 1)
-    yr_hdr = _header_table(_int64_header(_YEARS), _MAXV * L + 1)
-    lb_hdr = _header_table(_int64_header(_LABEL), _MAXV + 1)
+    id_hdr = _header_table(_packed_header(_ID, _INT64_LIST), _MAXV * L + 1)
+    yr_hdr = _header_table(_packed_header(_YEARS, _INT64_LIST), _MAXV * L + 1)
+    lb_hdr = _header_table(_packed_header(_LABEL, _INT64_LIST), _MAXV + 1)
     g_hdr = _header_table(_genre_header, G * max_piece + 1)
-    rt_hdr = _rating_header(4 * L)
+    rt_hdr = _packed_header(_RATING, _FLOAT_LIST)(4 * L)
     # The largest possible features length bounds the example-header table.
     max_features = (sum(len(h[0]) for h in (id_hdr, yr_hdr, lb_hdr, g_hdr))
                     + 2 * _MAXV * L + _MAXV + len(g_hdr[1]) + len(rt_hdr) + 4 * L)

@@ -81,15 +81,6 @@ def encode_tf(table, rows, ratings, label_pos, ctx_start) -> list[bytes]:
     return out
 
 
-def _unframe(buf: bytes) -> list[bytes]:
-    out, a = [], 0
-    while a < len(buf):
-        n = int.from_bytes(buf[a:a + 8], "little")
-        out.append(buf[a + 12:a + 12 + n])
-        a += n + 16
-    return out
-
-
 def _time(fn, args, repeats: int) -> tuple[float, list]:
     result = fn(*args)  # warm-up (imports, caches)
     walls = []
@@ -111,7 +102,11 @@ def main(argv=None) -> int:
     n = len(data[3])
     ours_s, ours = _time(encode_ours, data, args.repeats)
     tf_s, theirs = _time(encode_tf, data, args.repeats)
-    same = [r for b in ours for r in _unframe(b)] == theirs
+    # Framed by the framer tests/beam_jobs/example_records_test.py checks against TF's.
+    lens = np.array([len(r) for r in theirs], np.int64)
+    same = b"".join(ours) == example_records.frame_records(
+        np.frombuffer(b"".join(theirs), np.uint8), (np.cumsum(lens) - lens)[:, None],
+        lens[:, None]).tobytes()
     print(f"{n:,} examples ({args.num_users:,} users), median of {args.repeats} runs, one "
           "thread")
     head = f"{'encoder':<18} {'s':>8} {'examples/s':>12} {'vs tf.train.Example':>20}"
