@@ -127,8 +127,7 @@ def frame_records(pool: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.
     header[:, :8] = lengths.astype("<u8").view(np.uint8).reshape(E, 8)
     # Few distinct lengths: one CRC call each.
     uniq, inverse = np.unique(lengths, return_inverse=True)
-    len_crc = mask_crc(np.array([google_crc32c.value(int(n).to_bytes(8, "little"))
-                                 for n in uniq], np.uint64)).astype("<u4")
+    len_crc = np.array([masked_crc32c(int(n).to_bytes(8, "little")) for n in uniq], "<u4")
     header[:, 8:] = len_crc[inverse].view(np.uint8).reshape(E, 4)
     # The headers and a zeroed CRC slot become two more segments of each record; the data
     # CRCs are filled in after the gather.
