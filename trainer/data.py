@@ -15,10 +15,14 @@ Integrity: load_data_dir verifies, before anything trains, that _SUCCESS commits
 to metadata.json and that every shard is the one metadata.json's manifest lists
 (name, size, SHA-256), and refuses shards the manifest does not list. While
 training and evaluating, each pass over a split must yield exactly the examples
-metadata.json counts (tf.data's assert_cardinality): a shard truncated at a place
-where TensorFlow's gzip reader sees a clean end of file (about 1 cut offset in 5,
-measured) cannot shorten a split unnoticed. A failure names the shard
-(`find_bad_shard`, `reading_failed`).
+metadata.json counts (tf.data's assert_cardinality): a shard truncated where
+TensorFlow's gzip reader sees a clean end of file cannot shorten a split
+unnoticed. Measured (every cut offset that reads without an error): inside the
+10-byte header (0 records) or the 8-byte trailer (all records), always; inside
+the deflate data, 61 of 1,000 sampled offsets of a 198 KB Beam shard and 869 of
+4,342 of a 4 KB TFRecordWriter shard (fewer records); at a boundary between
+gzip members, always. A failure names the shard (`find_bad_shard`,
+`reading_failed`).
 """
 from __future__ import annotations
 
