@@ -60,13 +60,15 @@ def test_gcs_in_gcs_out_equals_local_run(beam_gcs, gcs_bucket, tmp_path, capsys)
     assert sorted(remote) == sorted(local)  # no temp objects left behind either
     assert len([n for n in remote if n.startswith("train/part-")]) == 2
     for name in local:
-        if name != schema.METADATA_FILE:
+        if name not in (schema.METADATA_FILE, schema.SUCCESS_FILE):
             assert remote[name] == local[name], name
     # metadata.json: identical once the recorded input paths are swapped.
     meta = remote[schema.METADATA_FILE].decode()
     assert json.loads(meta)["input"]["files"] == [f"{input_uri}/ratings.dat",
                                                   f"{input_uri}/movies.dat"]
     assert meta.replace(input_uri, beam_util.SAMPLE).encode() == local[schema.METADATA_FILE]
+    # _SUCCESS commits to this metadata.json (whose input paths are gs:// ones).
+    assert remote[schema.SUCCESS_FILE] == schema.success_record(remote[schema.METADATA_FILE])
     # The upload went through GcsIO to the emulator (not some local path named gs:).
     assert not os.path.exists("gs:")
     assert any(r.path.startswith(f"/upload/storage/v1/b/{gcs_bucket}/")
