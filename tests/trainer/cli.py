@@ -24,8 +24,10 @@ def env(**extra) -> dict:
 
 
 def command(*flags: str, timeout_s: int | None = None) -> list[str]:
-    """The trainer command; with timeout_s, under `timeout -k` (a process that has
-    started a multi-worker strategy ignores SIGTERM, so SIGKILL follows)."""
+    """The trainer command; with timeout_s, under `timeout -k`: timeout's SIGTERM
+    stops training at a step boundary (exit 75, trainer/preemption.py), but a
+    worker waiting in a collective for a missing peer never reaches one, so
+    SIGKILL follows."""
     cmd = [sys.executable, "-m", "trainer.train", *flags]
     if timeout_s:
         cmd = ["timeout", "-k", "5", str(timeout_s), *cmd]

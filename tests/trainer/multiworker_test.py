@@ -35,8 +35,8 @@ def test_two_workers_train_and_only_the_chief_writes(tmp_path):
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         procs.append(subprocess.Popen(
-            # `timeout -k`: a worker waits forever for a missing peer, and once
-            # the strategy has started it ignores SIGTERM.
+            # `timeout -k`: a worker waits forever for a missing peer, and
+            # then never reaches a step boundary to act on SIGTERM.
             cli.command(*flags, timeout_s=150), cwd=cli.ROOT,
             env=cli.env(TF_CONFIG=json.dumps(tf_config)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
