@@ -144,7 +144,8 @@ def load_data_dir(data_dir: str) -> DataInfo:
     vocab_path = schema.join(data_dir, schema.VOCAB_FILE)
     if not tf.io.gfile.exists(vocab_path):
         raise DataError(f"{vocab_path}: missing")
-    rows = schema.parse_vocab(_text(_read_bytes(vocab_path), vocab_path), vocab_path)
+    vocab_bytes = _read_bytes(vocab_path)
+    rows = schema.parse_vocab(_text(vocab_bytes, vocab_path), vocab_path)
     if not rows:
         raise DataError(f"{vocab_path}: no movies")
 
@@ -159,6 +160,7 @@ def load_data_dir(data_dir: str) -> DataInfo:
         shard_examples = {schema.join(data_dir, split, e["name"]): e["examples"]
                           for split in schema.SPLITS for e in manifest[split]}
         verify_shards(data_dir, manifest, metadata_path)
+        _verify_vocab(vocab_bytes, vocab_path, metadata, metadata_path)
     else:
         logging.warning("%s has no shard manifest (written before beam_jobs recorded one): "
                         "its shards were not verified, and a truncated shard may go unnoticed. "
@@ -190,6 +192,20 @@ def load_data_dir(data_dir: str) -> DataInfo:
                       for split in schema.SPLITS},
         shard_examples=shard_examples,
     )
+
+
+def _verify_vocab(vocab_bytes: bytes, vocab_path: str, metadata: dict,
+                  metadata_path: str) -> None:
+    """vocab.tsv must be the one metadata.json's "files" lists (size and SHA-256), when
+    it lists one: another run's vocabulary would silently renumber every movie."""
+    listed = metadata.get(schema.FILES, {}).get(schema.VOCAB_FILE)
+    if listed is None:
+        return
+    digest = hashlib.sha256(vocab_bytes).hexdigest()
+    if len(vocab_bytes) != listed.get("bytes") or digest != listed.get("sha256"):
+        raise DataError(f"{vocab_path}: not the vocab.tsv {metadata_path} lists ({len(vocab_bytes)}"
+                        f" bytes, SHA-256 {digest[:16]}...): the data_dir holds files of more "
+                        "than one run. Rerun beam_jobs.pipeline into an empty --output_dir.")
 
 
 def _glob_shards(data_dir: str, metadata: dict, metadata_path: str) -> dict:

@@ -12,6 +12,11 @@ variables) move those three elsewhere.
 
 This is the entry point only: flags (declared in trainer/config.py), then
 trainer/loop.py's `run`. `python -m trainer.train --helpshort` lists the flags.
+
+Exit status: 0 done; 2 bad input or flags (one line naming them; nothing trained, or
+training stopped at a damaged shard keeping the last checkpoint); 75 (EX_TEMPFAIL)
+stopped by SIGTERM/SIGINT after checkpointing the step reached: rerun the same
+command to resume.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ def _main(argv: list[str]) -> int:
     # CPU split into virtual devices before anything initialises its runtime.
     if not console.verbose():
         console.quiet_tensorflow()
-    from trainer import checkpoints, data, distribute, loop, storage
+    from trainer import checkpoints, data, distribute, loop, preemption, storage
 
     distribute.configure_virtual_cpus(cfg.trainer.virtual_cpu_devices)
     try:
@@ -58,6 +63,9 @@ def _main(argv: list[str]) -> int:
             config.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except preemption.Preempted as e:  # checkpointed: an orchestrator may restart it
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        return e.code
     return 0
 
 

@@ -287,3 +287,22 @@ def test_unverified_shard_cut_between_members_names_the_split(tmp_path):
     assert str(error).startswith(f"{path}/train: the train split held only 300 examples, not "
                                  "the 400 examples metadata.json counts, yet each shard reads "
                                  "whole"), error
+
+
+def test_a_vocabulary_of_another_run_is_refused(tmp_path):
+    # The Beam job's own output (its metadata.json lists vocab.tsv's size and SHA-256):
+    # a vocab.tsv from another run would renumber every movie without any error.
+    from beam_jobs import pipeline
+
+    out = str(tmp_path / "data")
+    pipeline.run([f"--input_dir={os.path.join(cli.ROOT, 'data', 'sample')}",
+                  f"--output_dir={out}", "--num_shards=2"])
+    assert data.load_data_dir(out).verified
+    vocab = os.path.join(out, schema.VOCAB_FILE)
+    with open(vocab, "rb") as f:
+        lines = f.read().split(b"\n")
+    lines[1], lines[2] = lines[2], lines[1]  # same bytes, another order
+    with open(vocab, "wb") as f:
+        f.write(b"\n".join(lines))
+    with pytest.raises(data.DataError, match=r"vocab.tsv: not the vocab.tsv .*metadata.json"):
+        data.load_data_dir(out)
