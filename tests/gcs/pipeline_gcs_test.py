@@ -29,16 +29,6 @@ def beam_gcs(gcs_python_env):
     return gcs_python_env
 
 
-def local_files(root: str) -> dict[str, bytes]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(d, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def bucket_files(emulator, bucket: str, prefix: str) -> dict[str, bytes]:
     return {n[len(prefix) + 1:]: util.read(emulator, bucket, n)
             for n in util.names(emulator, bucket, prefix + "/")}
@@ -55,7 +45,7 @@ def test_gcs_in_gcs_out_equals_local_run(beam_gcs, gcs_bucket, tmp_path, capsys)
     assert pipeline.main([f"--input_dir={input_uri}", f"--output_dir={output_uri}", *flags]) == 0
 
     remote = bucket_files(beam_gcs, gcs_bucket, "prep/v1")
-    local = local_files(local_out)
+    local = beam_util.output_files(local_out)
     assert schema.SUCCESS_FILE in remote
     assert sorted(remote) == sorted(local)  # no temp objects left behind either
     assert len([n for n in remote if n.startswith("train/part-")]) == 2

@@ -1,7 +1,6 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train together."""
 import json
 import os
-import socket
 import subprocess
 
 import pytest
@@ -12,22 +11,12 @@ from tests.trainer import cli, datadir
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_workers_train_and_only_the_chief_writes(tmp_path):
     data_dir = str(tmp_path / "data")
     # One train shard: FILE auto-sharding would fail here; DATA sharding works.
     datadir.write_data_dir(data_dir, num_users=40, train_shards=1)  # 400 train examples
     model_dir = str(tmp_path / "model")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in cli.free_ports(2)]
     flags = (f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--strategy=multi_worker",
              "--epochs=1", "--global_batch_size=40", "--embedding_dim=8",
              "--checkpoint_every_steps=5", "--noexport")

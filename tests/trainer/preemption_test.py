@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 
 import pytest
@@ -104,20 +103,10 @@ def test_signal_mid_epoch_checkpoints_the_step_reached_and_the_rerun_resumes(
     assert _logged_steps(model_dir) == list(range(1, TOTAL + 1))
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def test_two_workers_stop_at_the_same_step_when_one_is_signalled(data_dir, tmp_path):
     model_dir = str(tmp_path / "model")
     ckpts = os.path.join(model_dir, "checkpoints")
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in cli.free_ports(2)]
     runs = []
     try:
         for index in range(2):
