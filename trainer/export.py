@@ -193,8 +193,8 @@ def export_model(query_model: tf.keras.Model, candidate_model: tf.keras.Model,
         CANDIDATES: module.candidates,
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
-    logging.info("exported %d candidates (k=%d, L=%d) to %s", ids.size, module.k, length,
-                 export_dir)
+    logging.debug("exported %d candidates (k=%d, L=%d) to %s", ids.size, module.k, length,
+                  export_dir)
     return export_dir
 
 

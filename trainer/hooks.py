@@ -62,7 +62,8 @@ def export_savedmodel(model, info: data.DataInfo, cfg: TrainConfig, is_chief: bo
         tmp = tempfile.mkdtemp(prefix="seqrec-worker-export-")
         export.export_model(*args[:3], tmp, *args[3:])
         shutil.rmtree(tmp, ignore_errors=True)
-    elif cfg.trainer.export_versions:
-        logging.info("Exported version %s", export.export_version(cfg.export_uri, *args))
     else:
-        export.export_model(*args[:3], cfg.export_uri, *args[3:])
+        target = (export.export_version(cfg.export_uri, *args) if cfg.trainer.export_versions
+                  else export.export_model(*args[:3], cfg.export_uri, *args[3:]))
+        logging.info("Exported the SavedModel to %s (%d movies, k=%d)", target,
+                     len(info.movie_ids), min(cfg.trainer.export_k, len(info.movie_ids)))
