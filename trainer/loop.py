@@ -68,13 +68,8 @@ def run(cfg: TrainConfig) -> dict:
         if is_chief:
             summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE),
                                  json.loads(cfg.to_json()))
-        # Done when metrics.json is of this step and the export holds its weights
-        # (a run stopped in its final evaluation or export does them again).
         results = _metrics(cfg)
-        if (step >= total and results["step"] == step
-                and (not t.export or _exported_after(cfg, restored))):
-            logging.info("Already trained: step %d >= %d (--epochs=%d x %d steps); not "
-                         "training again", step, total, t.epochs, per_epoch)
+        if _already_done(cfg, step, total, results, restored):
             return results
 
         # Outputs of the loop: checkpoints, summaries, evaluation; and the vote
@@ -113,14 +108,9 @@ def run(cfg: TrainConfig) -> dict:
             if not epoch_end:
                 continue
             # Epoch end: throughput, mean loss, evaluation.
-            progress, rate = None, _rate(step - t0_step, t.global_batch_size, t0)
-            if rate:
-                with train_log.as_default():
-                    summaries.scalar("examples_per_second", rate, step)
-            logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s",
-                         step // per_epoch, step, model.loss_tracker.result().numpy(),
-                         rate or float("nan"))
-            model.loss_tracker.reset_state()
+            progress = None
+            _log_epoch(model, train_log, step, per_epoch,
+                       _rate(step - t0_step, t.global_batch_size, t0))
             if evaluator and (t.eval_every_epoch or step == total):
                 results = _evaluate(evaluator, model, info, step)
             t0, t0_step = time.time(), step
@@ -138,6 +128,29 @@ def run(cfg: TrainConfig) -> dict:
         train_log.flush()
         eval_log.flush()
         return results
+
+
+def _already_done(cfg: TrainConfig, step: int, total: int, results: dict,
+                  restored: str | None) -> bool:
+    """Trained to the end, metrics.json is of this step and the export holds its
+    weights (a run stopped in its final evaluation or export does them again)."""
+    t = cfg.trainer
+    if not (step >= total and results["step"] == step
+            and (not t.export or _exported_after(cfg, restored))):
+        return False
+    logging.info("Already trained: step %d >= %d (--epochs=%d); not training again", step,
+                 total, t.epochs)
+    return True
+
+
+def _log_epoch(model, train_log, step: int, per_epoch: int, rate: float | None) -> None:
+    """The epoch's throughput (TensorBoard, when timed) and mean loss (the log)."""
+    if rate:
+        with train_log.as_default():
+            summaries.scalar("examples_per_second", rate, step)
+    logging.info("Epoch %d done: step %d, mean loss %.4f, %.0f examples/s", step // per_epoch,
+                 step, model.loss_tracker.result().numpy(), rate or float("nan"))
+    model.loss_tracker.reset_state()
 
 
 def prepare(cfg: TrainConfig) -> data.DataInfo:
