@@ -2,7 +2,7 @@
 
     python -m beam_jobs.recommend_all --data_dir=URI --output_dir=URI
         (--model_dir=MODEL_DIR | --export_dir=SAVED_MODEL) [--k=10] [--exclude_seen]
-        [--num_shards=4] [--batch_size=1024] [--overwrite] [Beam options]
+        [--batch_size=1024] [--overwrite] [Beam options]
 
 Input: the data_dir's users/ shards (schema.USERS: user_id, context_movie_id [L],
 seen_movie_id [n]), each checked against metadata.json's manifest (size, SHA-256) as it is
@@ -11,9 +11,10 @@ by its LATEST file).
 
 Output, in output_dir:
 
-    part-00000-of-00004.parquet ...  user_id int64, rank int32 (1 = best), movie_id int64,
+    part-00000-of-00008.parquet ...  user_id int64, rank int32 (1 = best), movie_id int64,
                                      score float32, title string; users ascending, then
-                                     rank; a user goes to shard shard_of_user(user_id, N)
+                                     rank; part i holds the users of users/ shard i (as
+                                     many files as the data_dir's shards, empty ones too)
     metadata.json                    flags, the inputs (data_dir's metadata SHA-256, the
                                      export), counts, and every shard's bytes/SHA-256/rows
     _SUCCESS                         written last: schema.success_record(metadata.json)
@@ -64,10 +65,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_jobs import options, outputs, schema, timelines
+from beam_jobs import options, outputs, schema
 from beam_jobs.options import FlagError, at_least, option
 from beam_jobs.tfrecord import write_bytes
 
@@ -94,7 +95,6 @@ class RecommendConfig:
     k: int = option(10, "Recommendations per user (default {default}; capped at the "
                     "number of candidates).", check=at_least(1))
     exclude_seen: bool = option(False, "Leave out every movie the user rated.")
-    num_shards: int = option(4, "Parquet files (default {default}).", check=at_least(1))
     # Recorded: scores may change in the last bit with the batch shape (read_users_shard).
     batch_size: int = option(1024, "Users per model call (default {default}).",
                              check=at_least(1))
@@ -242,20 +242,26 @@ def read_tfrecords(data: bytes) -> list[bytes]:
     return out
 
 
-def read_users_shard(shard: tuple[str, dict], batch_size: int) -> list[list[bytes]]:
-    """Serialized users/ examples of one shard in batches of `batch_size` (file order; the
-    last may be shorter), after checking the file's size and SHA-256 against the manifest
-    (a data_dir changed since its run fails here, naming the file).
+def read_users_shard(shard: tuple[int, str, dict], batch_size: int
+                     ) -> list[tuple[tuple[int, int], list[bytes]]]:
+    """((shard index, batch index), serialized users/ examples) of one shard (index, path,
+    manifest entry) in batches of `batch_size` (file order; the last may be shorter; an
+    empty shard gives one empty batch, so its Parquet file is written too).
 
     Why batches are made here and not by RunInference's own batching: that one follows
     bundle boundaries, which change from run to run, and a matmul's float32 results
     change in the last bit with the batch's shape (measured: 5e-10 on scores of 2e-3).
     Fixed batches give the same bytes on every run and runner."""
-    records = _read_users_records(*shard)
-    return [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
+    index, path, entry = shard
+    records = read_users_records(path, entry)
+    return [((index, b), records[i:i + batch_size])
+            for b, i in enumerate(range(0, max(len(records), 1), batch_size))]
 
 
-def _read_users_records(path: str, entry: dict) -> list[bytes]:
+def read_users_records(path: str, entry: dict) -> list[bytes]:
+    """Serialized users/ examples of one shard (path, its manifest entry), after checking
+    the file's size and SHA-256 against the manifest (a data_dir changed since its run
+    fails here, naming the file) and its record count."""
     raw = _read(path)
     if len(raw) != entry["bytes"] or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
         raise outputs.JobError(f"{path}: not the file its data_dir's metadata.json lists "
@@ -271,14 +277,16 @@ def _read_users_records(path: str, entry: dict) -> list[bytes]:
 # --------------------------------------------------------------------------- inference
 
 
-class UserRecs(NamedTuple):
-    """One user's results: movie_ids [m] int64, scores [m] float32, titles [m] str, best
-    first; m = min(k, V), fewer only when exclusion leaves fewer candidates."""
+class BatchRecs(NamedTuple):
+    """Results of B users, flat (a few arrays per batch, not objects per user, cross the
+    shuffle): user_ids [B] int64; counts [B] int64, rows per user: min(k, V), fewer only
+    when exclusion leaves fewer candidates; movie_ids [R] int64 and scores [R] float32,
+    R = sum(counts), each user's best first."""
 
-    user_id: int
+    user_ids: np.ndarray
+    counts: np.ndarray
     movie_ids: np.ndarray
     scores: np.ndarray
-    titles: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,12 +297,12 @@ class _Loaded:
     query_embedding: Any  # the export's query_embedding signature
     candidates: Any  # tf.Tensor [V, D]
     ids: np.ndarray  # [V] int64
-    titles: list[str]  # [V]
     row_of_movie: np.ndarray  # movie id -> candidate row, -1 when not a candidate
 
 
 class SavedModelHandler(ModelHandler):
-    """RunInference handler: serialized users/ examples -> UserRecs.
+    """RunInference handler: a batch of serialized users/ examples -> BatchRecs (wrapped
+    in KeyedModelHandler to carry the batch's (shard, batch) key).
 
     load_model: tf.saved_model.load(export_dir) (once per worker process, by RunInference),
     plus its candidates. run_inference: one call of the export's query_embedding on the
@@ -316,17 +324,20 @@ class SavedModelHandler(ModelHandler):
         row_of_movie = np.full(int(ids.max()) + 1, -1, np.int64)
         row_of_movie[ids] = np.arange(len(ids))
         return _Loaded(loaded.signatures["query_embedding"], cands["embeddings"], ids,
-                       [t.decode() for t in cands["titles"].numpy().tolist()], row_of_movie)
+                       row_of_movie)
 
     def run_inference(self, batch: Sequence[list[bytes]], model: _Loaded,
-                      inference_args=None) -> list[list[UserRecs]]:
+                      inference_args=None) -> list[BatchRecs]:
         """batch: [1] list of serialized users/ examples (read_users_shard's batches; at
-        most one per call: batch_elements_kwargs) -> [1] list of UserRecs, same order."""
+        most one per call: batch_elements_kwargs) -> [1] BatchRecs."""
         return [self._recommend(users, model) for users in batch]
 
-    def _recommend(self, batch: list[bytes], model: _Loaded) -> list[UserRecs]:
+    def _recommend(self, batch: list[bytes], model: _Loaded) -> BatchRecs:
         import tensorflow as tf
 
+        if not batch:
+            z = np.zeros(0, np.int64)
+            return BatchRecs(z, z, z, np.zeros(0, np.float32))
         spec = {schema.USER_ID: tf.io.FixedLenFeature([1], tf.int64),
                 schema.CONTEXT_MOVIE_ID: tf.io.VarLenFeature(tf.int64),
                 schema.SEEN_MOVIE_ID: tf.io.VarLenFeature(tf.int64)}
@@ -349,15 +360,11 @@ class SavedModelHandler(ModelHandler):
         values, indices = tf.math.top_k(scores, k=k)
         values, indices = values.numpy(), indices.numpy()
         users = parsed[schema.USER_ID].numpy()[:, 0]
-        out = []
-        for b in range(len(batch)):
-            m = int(np.isfinite(values[b]).sum()) if self._exclude else k  # -inf: seen
-            idx = indices[b, :m]
-            out.append(UserRecs(int(users[b]), model.ids[idx], values[b, :m],
-                                [model.titles[i] for i in idx.tolist()]))
-        return out
+        keep = np.isfinite(values)  # -inf: seen (top_k puts them last)
+        return BatchRecs(users.astype(np.int64), keep.sum(axis=1).astype(np.int64),
+                         model.ids[indices[keep]], values[keep].astype(np.float32))
 
-    def get_num_bytes(self, batch: Sequence[list[bytes]]) -> int:
+    def get_num_bytes(self, batch: Sequence[list[bytes]]) -> int:  # Beam's metrics
         return sum(len(x) for users in batch for x in users)
 
     def batch_elements_kwargs(self):
@@ -375,31 +382,44 @@ def shard_name(index: int, num_shards: int) -> str:
     return f"part-{index:05d}-of-{num_shards:05d}.parquet"
 
 
-def write_parquet_shard(element: tuple[int, list], output_dir: str, num_shards: int) -> dict:
-    """(shard, its UserRecs) -> one Parquet file, users ascending then rank. Returns its
-    {"name", "bytes", "sha256", "users", "rows"}. pyarrow writes the same bytes for the
-    same table (no timestamps; the writer version is in the footer, fixed by the install)."""
+def read_titles(export_dir: str) -> dict[int, str]:
+    """{movie id: title} of the export's assets/vocab.tsv: the titles its `candidates`
+    signature returns (trainer/export.py copies the data_dir's vocab.tsv there)."""
+    path = schema.join(export_dir, "assets", schema.VOCAB_FILE)
+    rows = schema.parse_vocab(_read(path).decode("utf-8"), path)
+    return {r["movie_id"]: r["title"] for r in rows}
+
+
+def write_parquet_shard(element: tuple[int, list], output_dir: str, num_shards: int,
+                        export_dir: str) -> dict:
+    """(shard, its [((shard, batch), BatchRecs)]) -> one Parquet file, in batch order
+    (= users/ order: users ascending), then rank; titles from the export (read_titles).
+    Returns its {"name", "bytes", "sha256", "users", "rows"}. pyarrow writes the same
+    bytes for the same table (no timestamps; its version, in the footer, is the install's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shard, recs = element
-    recs = sorted((r for r in recs if r is not None), key=lambda r: r.user_id)
-    n = [len(r.movie_ids) for r in recs]
+    shard, batches = element
+    recs = [r for _, r in sorted(batches, key=lambda kv: kv[0])]
+    user_ids = np.concatenate([r.user_ids for r in recs])
+    counts = np.concatenate([r.counts for r in recs])
+    movie_ids = np.concatenate([r.movie_ids for r in recs])
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    title_of = read_titles(export_dir)
     table = pa.table({
-        "user_id": pa.array(np.repeat([r.user_id for r in recs], n).astype(np.int64)),
-        "rank": pa.array(np.concatenate([np.arange(1, m + 1) for m in n] or [[]])
-                         .astype(np.int32)),
-        "movie_id": pa.array(np.concatenate([r.movie_ids for r in recs] or [[]])
-                             .astype(np.int64)),
-        "score": pa.array(np.concatenate([r.scores for r in recs] or [[]]).astype(np.float32)),
-        "title": pa.array([t for r in recs for t in r.titles], pa.string()),
+        "user_id": pa.array(np.repeat(user_ids, counts).astype(np.int64)),
+        "rank": pa.array((np.arange(len(movie_ids)) - starts + 1).astype(np.int32)),
+        "movie_id": pa.array(movie_ids.astype(np.int64)),
+        "score": pa.array(np.concatenate([r.scores for r in recs]).astype(np.float32)),
+        "title": pa.array([title_of.get(m, "") for m in movie_ids.tolist()], pa.string()),
     })
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="snappy")
     data = buf.getvalue()
     name = shard_name(shard, num_shards)
     write_bytes(schema.join(output_dir, name), data)
-    return {"name": name, **schema.file_record(data), "users": len(recs), "rows": sum(n)}
+    return {"name": name, **schema.file_record(data), "users": len(user_ids),
+            "rows": len(movie_ids)}
 
 
 def finalize(_, cfg: RecommendConfig, export_dir: str, users: UsersInput,
@@ -426,19 +446,16 @@ def finalize(_, cfg: RecommendConfig, export_dir: str, users: UsersInput,
 def build(pipeline: beam.Pipeline, cfg: RecommendConfig, export_dir: str,
           users: UsersInput) -> beam.PCollection:
     """Adds the job to `pipeline`; returns the metadata dict's PCollection."""
-    n = cfg.num_shards
-    handler = SavedModelHandler(export_dir, cfg.k, cfg.exclude_seen)
-    recs = (pipeline
-            | "UsersShards" >> beam.Create(users.shards, reshuffle=len(users.shards) > 1)
-            | "ReadUsers" >> beam.FlatMap(read_users_shard, cfg.batch_size)
-            | "Recommend" >> RunInference(handler)
-            | "PerUser" >> beam.FlatMap(lambda users: users)
-            | "ByShard" >> beam.Map(lambda r: (timelines.shard_of_user(r.user_id, n), r)))
-    every = pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
-    written = ((recs, every)
-               | "WithEmptyShards" >> beam.Flatten()
+    n = len(users.shards)
+    handler = KeyedModelHandler(SavedModelHandler(export_dir, cfg.k, cfg.exclude_seen))
+    shards = [(i, path, entry) for i, (path, entry) in enumerate(users.shards)]
+    written = (pipeline
+               | "UsersShards" >> beam.Create(shards, reshuffle=n > 1)
+               | "ReadUsers" >> beam.FlatMap(read_users_shard, cfg.batch_size)
+               | "Recommend" >> RunInference(handler)
+               | "ByShard" >> beam.Map(lambda kv: (kv[0][0], kv))
                | "GroupByShard" >> beam.GroupByKey()
-               | "WriteParquet" >> beam.Map(write_parquet_shard, cfg.output_dir, n))
+               | "WriteParquet" >> beam.Map(write_parquet_shard, cfg.output_dir, n, export_dir))
     return (pipeline
             | "FinalizeTrigger" >> beam.Create([None])
             | "WriteMetadataAndSuccess" >> beam.Map(finalize, cfg, export_dir, users,

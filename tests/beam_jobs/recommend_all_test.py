@@ -146,13 +146,13 @@ def test_exclude_seen_gives_the_best_unseen_k(setup, tmp_path):
 def test_same_bytes_across_runs(setup, tmp_path):
     # Batches of 7 users: several model calls per shard, in bundles the runner chooses.
     outs = [str(tmp_path / name) for name in ("a", "b")]
-    _run(setup, outs[0], "--exclude_seen", "--num_shards=2", "--batch_size=7")
-    _run(setup, outs[1], "--exclude_seen", "--num_shards=2", "--batch_size=7")
+    _run(setup, outs[0], "--exclude_seen", "--batch_size=7")
+    _run(setup, outs[1], "--exclude_seen", "--batch_size=7")
     listings = []
     for out in outs:
         files = sorted(os.listdir(out))
         assert files == [schema.SUCCESS_FILE, schema.METADATA_FILE,
-                         "part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+                         *[f"part-{i:05d}-of-00003.parquet" for i in range(3)]]
         listings.append({n: open(os.path.join(out, n), "rb").read() for n in files})
     assert listings[0] == listings[1]
 
@@ -197,3 +197,12 @@ def test_bad_inputs_exit_2_naming_the_path(setup, tmp_path, capsys):
                                           f"--export_dir={newest}")
     trainer_data.load_data_dir(old)  # such a data_dir still trains
     assert not os.path.exists(out) or not os.listdir(out)
+
+
+def test_flag_parsing_and_checks_need_no_tensorflow(tmp_path):
+    """The prep job's workers stay free of TensorFlow: neither module imports it (this one
+    only inside SavedModelHandler), so --help and every refusal run without it."""
+    code = ("import sys; import beam_jobs.pipeline, beam_jobs.recommend_all; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    proc = util.run_command([os.path.join(util.VENV_BIN, "python"), "-c", code], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
