@@ -28,9 +28,10 @@ without exclusion the rows are what `serving_default` returns for k <= the expor
 Scoring here rather than through serving_default because an export's k is fixed (100 by
 default) and exclusion needs k + |seen| candidates, which reach thousands on ML-1M.
 
-How: RunInference with SavedModelHandler (a Beam ModelHandler: Beam loads the
-SavedModel once per worker process and calls run_inference per batch of --batch_size
-users, batches cut in users/ file order: see read_users_shard for why).
+How: RunInference with KeyedModelHandler(SavedModelHandler) (a Beam ModelHandler: Beam
+loads the SavedModel once per worker process and calls run_inference per batch of
+--batch_size users, batches cut in users/ file order and keyed (shard, batch): see
+read_users_shard for why), then one GroupByKey per users/ shard into its Parquet file.
 Beam's TFModelHandlerTensor cannot be used as it stands: it loads with
 tf.keras.models.load_model (this export is a tf.Module, not a Keras model) and its module
 imports tensorflow_hub at import time, which the environment does not have.
