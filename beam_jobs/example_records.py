@@ -373,3 +373,48 @@ class ExampleEncoder:
             lb_hdr[2][lb_payload], lb_payload,
         ], axis=1)
         return starts, lens
+
+
+# ---------------------------------------------------------------- users/ records
+
+
+def _int64_entry(key: str, values: list[int]) -> bytes:
+    """One Features.feature map entry holding an Int64List (packed varints)."""
+    packed = b"".join(varint(v) for v in values)
+    int64_list = b"\x0a" + varint(len(packed)) + packed if packed else b""
+    feature = b"\x1a" + varint(len(int64_list)) + int64_list
+    k = key.encode()
+    entry = b"\x0a" + varint(len(k)) + k + b"\x12" + varint(len(feature)) + feature
+    return b"\x0a" + varint(len(entry)) + entry
+
+
+def encode_user_records(user_ids: np.ndarray, contexts: np.ndarray,
+                        seen: list[np.ndarray]) -> np.ndarray:
+    """users/ records (schema.USER_FEATURES), TFRecord-framed, back to back.
+
+    Args:
+      user_ids: [U] user ids.
+      contexts: [U, L] context movie ids, right-padded.
+      seen: U arrays of seen movie ids (ascending, unique, non-empty).
+    Returns:
+      [T] uint8, equal to tf.io.TFRecordWriter writing
+      tf.train.Example(...).SerializeToString(deterministic=True) of each user (checked
+      against TensorFlow in tests/beam_jobs/recommend_all_test.py).
+
+    One Python loop over users (not over ratings): ~10 us a user, ~2 s for ML-25M's
+    162,541 users spread over the shards; the train/test encoder's ragged gather is not
+    worth its complexity here.
+    """
+    records = [
+        b"\x0a" + varint(len(body)) + body
+        for body in (
+            _int64_entry(schema.CONTEXT_MOVIE_ID, ctx)
+            + _int64_entry(schema.SEEN_MOVIE_ID, s)
+            + _int64_entry(schema.USER_ID, [u])
+            for u, ctx, s in zip(user_ids.tolist(), contexts.tolist(),
+                                 (x.tolist() for x in seen), strict=True))]
+    if not records:
+        return np.zeros(0, np.uint8)
+    lens = np.array([len(r) for r in records], np.int64)
+    pool = np.frombuffer(b"".join(records), np.uint8)
+    return frame_records(pool, (np.cumsum(lens) - lens)[:, None], lens[:, None])

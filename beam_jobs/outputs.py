@@ -104,7 +104,8 @@ class MoviesStats(NamedTuple):
 
 class ShardResult(NamedTuple):
     """What one shard wrote. label_ids/label_counts: train label histogram ([k] int64).
-    files: {split: {"bytes", "sha256"}} of the two files as written."""
+    files: {split: {"bytes", "sha256"}} of the files as written (train, test, users).
+    user_records: records in its users/ file."""
 
     shard: int
     name: str
@@ -115,6 +116,7 @@ class ShardResult(NamedTuple):
     label_ids: np.ndarray
     label_counts: np.ndarray
     files: dict
+    user_records: int = 0
 
 
 class WrittenFile(NamedTuple):
@@ -209,7 +211,8 @@ def mismatches(output_dir: str, metadata: dict) -> list[str]:
     test/ or errors/ that it does not list. [] when output_dir holds exactly them."""
     expected = schema.listed_files(metadata)
     base = schema.join(output_dir, "")
-    patterns = [schema.join(output_dir, d, "*") for d in (*schema.SPLITS, schema.ERRORS_DIR)]
+    patterns = [schema.join(output_dir, d, "*")
+                for d in (*schema.SHARD_DIRS, schema.ERRORS_DIR)]
     patterns.append(schema.join(output_dir, schema.VOCAB_FILE))
     found = {m.path[len(base):]: m.size_in_bytes
              for r in FileSystems.match(patterns) for m in r.metadata_list}
@@ -333,6 +336,7 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
         "short_users_dropped": sum(r.short_users for r in results),
         "train_examples": sum(r.train_examples for r in results),
         "test_examples": sum(r.test_examples for r in results),
+        "user_records": sum(r.user_records for r in results),
         "movie_lines": movies.lines,
         "movies": len(movies.table),
         "movies_malformed": sum(movies.malformed.values()),
@@ -345,6 +349,8 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
             f"{cfg.min_timeline_length} of them")
     examples = {schema.TRAIN: [r.train_examples for r in results],
                 schema.TEST: [r.test_examples for r in results]}
+    # users/ is listed beside the training splits (schema.USERS); "shards" and
+    # "shard_examples" keep describing the training splits only, as readers expect.
     errors = sorted(error_files)
     metadata = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -354,9 +360,12 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
         "counts": counts,
         "shards": {split: [r.name for r in results] for split in schema.SPLITS},
         "shard_examples": examples,
-        schema.MANIFEST: {split: [{"name": r.name, **r.files[split], "examples": n}
-                                  for r, n in zip(results, examples[split], strict=True)]
-                          for split in schema.SPLITS},
+        schema.MANIFEST: {
+            **{split: [{"name": r.name, **r.files[split], "examples": n}
+                       for r, n in zip(results, examples[split], strict=True)]
+               for split in schema.SPLITS},
+            schema.USERS: [{"name": r.name, **r.files[schema.USERS], "examples": r.user_records}
+                           for r in results]},
         schema.FILES: {f.path: f.record for f in [vocab, *errors]},
         "vocab_size": vocab.count,
         "errors": {posixpath.basename(f.path): f.count for f in errors},
@@ -380,11 +389,11 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
 
 def leftover_patterns(output_dir: str) -> list[str]:
     """Where a run that did not finish leaves temporary files: the .tmp-<uuid>-<name> files
-    of tfrecord's writers (train/, test/, errors/, the top level) and the top level's
+    of tfrecord's writers (train/, test/, users/, errors/, the top level) and the top level's
     write probe (_check_local_dir). On gs:// they are orphaned objects, matched by globs
     like train/*."""
     dirs = [output_dir] + [schema.join(output_dir, d)
-                           for d in (*schema.SPLITS, schema.ERRORS_DIR)]
+                           for d in (*schema.SHARD_DIRS, schema.ERRORS_DIR)]
     return ([schema.join(d, f"{TMP_PREFIX}*") for d in dirs]
             + [schema.join(output_dir, f"{_PROBE_PREFIX}*")])
 
@@ -402,7 +411,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
             raise OutputError(f"--output_dir {output_dir} already holds a finished run "
                               f"({success} exists); pass --overwrite to replace it")
         FileSystems.delete([success])
-    patterns = [schema.join(output_dir, split, schema.SHARD_GLOB) for split in schema.SPLITS]
+    patterns = [schema.join(output_dir, split, schema.SHARD_GLOB)
+                for split in schema.SHARD_DIRS]
     patterns += [schema.join(output_dir, schema.ERRORS_DIR, "*.tsv"),
                  schema.join(output_dir, schema.VOCAB_FILE),
                  schema.join(output_dir, schema.METADATA_FILE)]

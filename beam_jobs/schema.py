@@ -7,6 +7,8 @@ Layout of a finished `data_dir` (a local path or gs:// URI):
 
     train/part-00000-of-00004.tfrecord.gz ...   tf.train.Example shards
     test/part-00000-of-00001.tfrecord.gz ...
+    users/part-00000-of-00004.tfrecord.gz ...   one tf.train.Example per user (USER_FEATURES):
+                       the input of batch recommendations (beam_jobs/recommend_all.py)
     vocab.tsv          every movie of movies.dat, most frequent (train split) first
     metadata.json      schema version, flags, input fingerprint, counts, shard lists
     errors/            malformed input lines set aside, with file and line number
@@ -20,7 +22,7 @@ runs of the same input and flags write the same bytes; files of runs that differ
 fail `check_success` or the manifest (trainer/data.py verifies every shard before
 training). A data_dir whose files are not all from one run is refused. The job
 checks the same before it writes _SUCCESS: `listed_files` is the complete list of
-what train/, test/, errors/ and vocab.tsv must hold.
+what train/, test/, users/, errors/ and vocab.tsv must hold.
 
 Text: vocab.tsv and errors/*.tsv are UTF-8, one record per "\n"-terminated line,
 tab-separated, every text field written with `escape_field` (see there).
@@ -56,7 +58,22 @@ DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH = 10
 # Output names.
 TRAIN = "train"
 TEST = "test"
+# The training splits: what the trainer reads and verifies (trainer/data.py).
 SPLITS = (TRAIN, TEST)
+# users/: one record per user for batch recommendations. Not a training split: data_dirs
+# written before it existed have no users/ and still train; the trainer never reads it.
+USERS = "users"
+# Every shard directory a run may write, in manifest order. A manifest lists USERS only
+# when the run wrote it (manifest_splits).
+SHARD_DIRS = (*SPLITS, USERS)
+# Features of a users/ record, in the wire order of deterministic serialization (keys
+# sorted): context_movie_id int64 [L] (the user's last L kept movies by (timestamp,
+# movie_id), oldest first, right-padded with PAD_MOVIE_ID), seen_movie_id int64 [n >= 1]
+# (every movie the user rated, kept or below --min_rating, ascending, no duplicates:
+# what --exclude_seen removes), user_id int64 [1].
+USER_ID = "user_id"
+SEEN_MOVIE_ID = "seen_movie_id"
+USER_FEATURES = (CONTEXT_MOVIE_ID, SEEN_MOVIE_ID, USER_ID)
 VOCAB_FILE = "vocab.tsv"
 # Header line of vocab.tsv. Titles and genres are written with escape_field.
 VOCAB_COLUMNS = ("movie_id", "count", "year", "title", "genres")
@@ -235,12 +252,18 @@ def file_record(data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def manifest_splits(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The shard directories metadata.json's manifest lists: SPLITS, plus USERS when the
+    run wrote users/ (runs before it existed did not)."""
+    return tuple(s for s in SHARD_DIRS if s in SPLITS or s in metadata[MANIFEST])
+
+
 def listed_files(metadata: Mapping[str, Any]) -> dict[str, dict]:
     """{path relative to the data_dir: {"bytes", "sha256"}} of every file metadata.json's
-    "manifest" (split/name) and "files" list: exactly what train/, test/, errors/ and
-    vocab.tsv of a complete data_dir hold, nothing more."""
+    "manifest" (split/name) and "files" list: exactly what train/, test/, users/ (when
+    listed), errors/ and vocab.tsv of a complete data_dir hold, nothing more."""
     out = {}
-    for split in SPLITS:
+    for split in manifest_splits(metadata):
         for entry in metadata[MANIFEST][split]:
             out[f"{split}/{entry['name']}"] = {"bytes": entry["bytes"], "sha256": entry["sha256"]}
     out.update(metadata.get(FILES, {}))

@@ -1,7 +1,8 @@
 """The two heavy steps of the job as plain functions (the DoFns in pipeline.py are shells):
 
 parse_range: one byte range of the ratings file -> filtered columns split by output shard.
-write_shard: all columns of one shard -> ordered timelines -> train/ and test/ shard files.
+write_shard: all columns of one shard -> ordered timelines -> train/, test/ and users/
+             shard files.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def parse_range(path: str, start: int, end: int, fmt: str, cfg: JobConfig,
     """Reads and parses bytes [start, end) of a ratings file.
 
     Returns:
-      chunks: (shard index, Columns) for each shard with kept ratings in this range.
+      chunks: (shard index, Columns) for each shard with ratings of known movies in this
+      range, those below cfg.min_rating included (write_shard filters them).
       pending: malformed and unknown-movie lines, numbered locally (see ResolveLines).
       stats: counts of this range.
     """
@@ -82,9 +84,12 @@ def parse_range(path: str, start: int, end: int, fmt: str, cfg: JobConfig,
             f"timestamp={parsed.timestamp[i]}"))
     below = int((~keep & ~unknown).sum())
     keep &= ~unknown
+    # Ratings below --min_rating travel too: write_shard drops them from the timelines but
+    # lists them in users/ seen_movie_id (a movie rated 1 star is seen all the same).
+    ship = ~unknown
     # int32 ids (<= MAX_ID) shrink what the shuffle carries by a third.
-    user, movie = parsed.user[keep].astype(np.int32), parsed.movie[keep].astype(np.int32)
-    rating, ts = parsed.rating[keep], parsed.timestamp[keep]
+    user, movie = parsed.user[ship].astype(np.int32), parsed.movie[ship].astype(np.int32)
+    rating, ts = parsed.rating[ship], parsed.timestamp[ship]
     stats = RangeStats(path, start, text.newlines, parsed.num_lines,
                        _reasons([e[1] for e in parsed.errors]), int(unknown.sum()), below,
                        int(keep.sum()))
@@ -140,7 +145,9 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
 def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
                 movies: movielens.MoviesTable) -> ShardResult:
     """Orders each user's ratings, encodes their examples and writes both split files of
-    shard `shard` (users ascending, then label position ascending)."""
+    shard `shard` (users ascending, then label position ascending), and its users/ file
+    (user_rows: one record per user, ascending). Ratings below cfg.min_rating count only
+    as seen movies."""
     if chunks:
         user = np.concatenate([c.user for c in chunks])
         movie = np.concatenate([c.movie for c in chunks])
@@ -155,6 +162,9 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     # order the shuffle does not keep, still give the same bytes.
     order = np.lexsort((rating, movie, ts, user))
     user, movie, rating = user[order], movie[order], rating[order]
+    all_user, all_movie = user, movie  # every rated movie: users/ seen_movie_id
+    kept = rating >= np.float32(cfg.min_rating)  # parse_range's test, on the same float32
+    user, movie, rating = user[kept], movie[kept], rating[kept]
     label_pos, ctx_start, last, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length)
     if cfg.split == "last":
@@ -177,6 +187,56 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
         writer.close()
         counts[split] = writer.count
         files[split] = {"bytes": writer.size, "sha256": writer.sha256}
+    user_ids, contexts, seen = user_rows(user, movie, all_user, all_movie,
+                                         cfg.max_context_length)
+    writer = TFRecordWriter(schema.join(cfg.output_dir, schema.USERS, name), cfg.compression)
+    for b in range(0, len(user_ids), BATCH_EXAMPLES):
+        framed = example_records.encode_user_records(
+            user_ids[b:b + BATCH_EXAMPLES], contexts[b:b + BATCH_EXAMPLES],
+            seen[b:b + BATCH_EXAMPLES])
+        writer.write_framed(framed, len(user_ids[b:b + BATCH_EXAMPLES]))
+    writer.close()
+    files[schema.USERS] = {"bytes": writer.size, "sha256": writer.sha256}
     label_ids, label_counts = np.unique(movie[label_pos[train_mask]], return_counts=True)
     return ShardResult(shard, name, users, short, counts[schema.TRAIN], counts[schema.TEST],
-                       label_ids.astype(np.int64), label_counts.astype(np.int64), files)
+                       label_ids.astype(np.int64), label_counts.astype(np.int64), files,
+                       writer.count)
+
+
+def user_rows(user: np.ndarray, movie: np.ndarray, all_user: np.ndarray,
+              all_movie: np.ndarray, max_context_length: int
+              ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The users/ records of one shard: every user with at least one kept rating (short
+    timelines included: they get recommendations too), ascending.
+
+    Args:
+      user, movie: [n] kept ratings, sorted by user then timeline order.
+      all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
+        sorted by user.
+      max_context_length: L.
+    Returns:
+      user_ids [U] int64; contexts [U, L] int64, each user's last L kept movies, oldest
+      first, right-padded with PAD_MOVIE_ID; seen: U int64 arrays, each user's rated
+      movies ascending and unique.
+    """
+    L = max_context_length
+    if len(user) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, L), np.int64), []
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    ends = np.r_[starts[1:], len(user)]
+    user_ids = user[starts].astype(np.int64)
+    n_ctx = np.minimum(ends - starts, L)
+    j = np.arange(L)
+    mask = j[None, :] < n_ctx[:, None]
+    contexts = np.full((len(starts), L), schema.PAD_MOVIE_ID, np.int64)
+    contexts[mask] = movie[((ends - n_ctx)[:, None] + j)[mask]]
+    # (user, movie) pairs, unique and sorted by user then movie, cut per user.
+    # A stable sort (numpy's radix/timsort) uses the runs the user order already gives:
+    # ~3x faster than np.unique's quicksort on 1M ratings.
+    pairs = np.sort(all_user.astype(np.int64) << 32 | all_movie.astype(np.int64), kind="stable")
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    pair_user, pair_movie = pairs >> 32, pairs & 0xFFFFFFFF
+    lo = np.searchsorted(pair_user, user_ids, side="left")
+    hi = np.searchsorted(pair_user, user_ids, side="right")
+    seen = [pair_movie[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    return user_ids, contexts, seen

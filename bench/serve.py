@@ -13,6 +13,14 @@ and loaded back with plain `tf.saved_model.load`, then:
 - all --users users recommended (k = 100): one call per user (a straightforward
   loop over the SavedModel) against batches of 1024, users/s and the ratio.
 
+With --beam_users (default 6,040: ML-1M's users), the batch job too: a synthetic
+ML-1M-sized set (beam_jobs.synthetic) through the prep job (beam_jobs.pipeline, which
+writes users/), the default towers exported with `export_version`, then
+`beam_jobs.recommend_all` (RunInference, DirectRunner, k = 100, seen movies excluded)
+timed end to end as a user runs it (pipeline construction, model load, reading users/,
+writing Parquet), against a loop calling `serving_default` once per user on the same
+users/ histories.
+
 Every case of a catalogue runs in one process, one after another; the machine's load
 is printed. Not a test: numbers depend on the machine.
 """
@@ -99,6 +107,60 @@ def bench(name: str, num_movies: int, calls: int, users: int) -> dict:
         return row
 
 
+def bench_beam(users: int) -> dict:
+    """The batch job's users/s on a synthetic ML-1M-sized set, and a per-user loop's."""
+    import numpy as np
+    import tensorflow as tf
+
+    from beam_jobs import pipeline, recommend_all, schema, synthetic
+    from trainer import data, export, model
+    from trainer.config import ModelConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, data_dir = os.path.join(tmp, "raw"), os.path.join(tmp, "data")
+        synthetic.generate(synthetic.Config(num_users=users), raw)
+        pipeline.run([f"--input_dir={raw}", f"--output_dir={data_dir}"])
+        info = data.load_data_dir(data_dir)
+        counts = np.maximum(np.asarray(info.counts, np.float64), 1.0)
+        towers = model.build_towers(list(info.movie_ids), info.context_length, ModelConfig(),
+                                    log_prior=np.log(counts / counts.sum()))
+        model_dir = os.path.join(tmp, "model")
+        exported = export.export_version(os.path.join(model_dir, "export"), *towers,
+                                         info.movie_ids,
+                                         os.path.join(data_dir, schema.VOCAB_FILE), 100)
+        out = os.path.join(tmp, "recs")
+        t = time.perf_counter()
+        meta = recommend_all.run([f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                  f"--output_dir={out}", "--k=100", "--exclude_seen"])
+        beam_s = time.perf_counter() - t
+        records = [r for path, entry in recommend_all.check_data_dir(data_dir).shards
+                   for r in recommend_all.read_users_records(path, entry)]
+        # The job's parts: the handler's model load, and its batches as RunInference calls
+        # them (the rest is Beam's start-up, reading and Parquet writing).
+        handler = recommend_all.SavedModelHandler(exported, 100, True)
+        t = time.perf_counter()
+        loaded = handler.load_model()
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(0, len(records), 1024):
+            handler.run_inference([records[i:i + 1024]], loaded)
+        infer_s = time.perf_counter() - t
+        spec = {schema.CONTEXT_MOVIE_ID: tf.io.FixedLenFeature([info.context_length],
+                                                               tf.int64)}
+        contexts = tf.io.parse_example(tf.constant(records), spec)[schema.CONTEXT_MOVIE_ID]
+        contexts = contexts.numpy()
+        serve = tf.saved_model.load(exported).signatures["serving_default"]
+        serve(context_movie_id=tf.constant(contexts[:1]))  # warm-up
+        t = time.perf_counter()
+        for i in range(len(contexts)):
+            serve(context_movie_id=tf.constant(contexts[i:i + 1]))["movie_ids"].numpy()
+        loop_s = time.perf_counter() - t
+        n = meta["counts"]["users"]
+        return {"users": n, "beam_s": beam_s, "beam_users_per_s": n / beam_s,
+                "load_s": load_s, "infer_users_per_s": len(records) / infer_s,
+                "loop_users_per_s": len(contexts) / loop_s}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.serve", allow_abbrev=False,
                                 description=__doc__.split("\n\n")[0])
@@ -106,9 +168,12 @@ def main(argv=None) -> None:
     p.add_argument("--users", type=int, default=6040, help="users recommended (ML-1M: 6,040)")
     p.add_argument("--catalogues", default=",".join(CATALOGUES),
                    help=f"comma-separated subset of {sorted(CATALOGUES)}")
+    p.add_argument("--beam_users", type=int, default=6040,
+                   help="users of the batch-job case (0: skip it)")
     a = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    rows = [bench(n, CATALOGUES[n], a.calls, a.users) for n in a.catalogues.split(",")]
+    rows = [bench(n, CATALOGUES[n], a.calls, a.users) for n in a.catalogues.split(",") if n]
+    beam_row = bench_beam(a.beam_users) if a.beam_users else None
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     print("| catalogue | batch 1 p50 / p99 ms | batch 64 p50 / p99 ms | batch 1024 queries/s |"
           f" all {a.users:,} users: loop users/s | batched users/s | batched / loop |")
@@ -118,6 +183,14 @@ def main(argv=None) -> None:
               f"{r['b64_p50_ms']:.2f} / {r['b64_p99_ms']:.2f} | {r['b1024_qps']:,.0f} | "
               f"{r['loop_users_per_s']:,.0f} | {r['batched_users_per_s']:,.0f} | "
               f"{r['batched_users_per_s'] / r['loop_users_per_s']:.1f}x |")
+    if beam_row:
+        b = beam_row
+        print(f"\nbeam_jobs.recommend_all (DirectRunner, k=100, --exclude_seen): "
+              f"{b['users']:,} users in {b['beam_s']:.1f} s = {b['beam_users_per_s']:,.0f} "
+              f"users/s; per-user serving_default loop {b['loop_users_per_s']:,.0f} users/s; "
+              f"{b['beam_users_per_s'] / b['loop_users_per_s']:.1f}x (model load "
+              f"{b['load_s']:.1f} s; inference alone {b['infer_users_per_s']:,.0f} users/s = "
+              f"{b['infer_users_per_s'] / b['loop_users_per_s']:.1f}x the loop)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeyp
     files_a, files_b = util.output_files(a), util.output_files(b)
     assert sorted(files_a) == sorted(files_b)
     assert len([n for n in files_a if n.startswith("train/")]) == 3
+    assert len([n for n in files_a if n.startswith("users/")]) == 3  # users/ too
     for name in files_a:
         assert files_a[name] == files_b[name], name
     meta = util.read_metadata(a)

@@ -38,7 +38,8 @@ def test_read_movies_read_ratings_resolve_lines(tmp_path):
                     equal_to([([1, 2, 3, 4], 5)]), label="Movies")
         assert_that(movie_errors | beam.Map(lambda e: (e.line, e.reason)),
                     equal_to([(5, movielens.FIELD_COUNT)]), label="MovieErrors")
-        # Kept ratings (>= 2, known movie), each under its user's stable shard.
+        # Ratings of known movies, each under its user's stable shard; the one below
+        # --min_rating (2) travels too: build_shards keeps it only as a users/ seen movie.
         rows = chunks | beam.FlatMap(lambda kv: [
             (kv[0], u, m, float(r), t) for u, m, r, t in zip(
                 kv[1].user.tolist(), kv[1].movie.tolist(), kv[1].rating.tolist(),
@@ -46,7 +47,7 @@ def test_read_movies_read_ratings_resolve_lines(tmp_path):
         s7, s9 = shard_of_user(7, 2), shard_of_user(9, 2)
         assert_that(rows, equal_to([
             (s7, 7, 3, 4.0, 978300200), (s7, 7, 1, 5.0, 978300100), (s7, 7, 2, 3.0, 978300100),
-            (s9, 9, 1, 5.0, 1), (s9, 9, 2, 5.0, 2)]), label="Chunks")
+            (s7, 7, 4, 1.0, 978300150), (s9, 9, 1, 5.0, 1), (s9, 9, 2, 5.0, 2)]), label="Chunks")
         totals = (stats
                   | beam.Map(lambda s: (s.lines, sum(s.malformed.values()), s.unknown_movie,
                                         s.below_min_rating, s.kept_ratings))
@@ -109,7 +110,7 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
                                sorted(["errors/movies.dat.tsv", "errors/ratings.dat.tsv",
                                        schema.VOCAB_FILE]
                                       + [f"{split}/{schema.shard_name(i, 3, 'none')}"
-                                         for split in schema.SPLITS for i in range(3)]))]),
+                                         for split in schema.SHARD_DIRS for i in range(3)]))]),
                     label="Metadata")
     with open(os.path.join(out, schema.ERRORS_DIR, "ratings.dat.tsv")) as f:
         assert f.read() == ("file\tline\treason\ttext\nin/ratings.dat\t3\tnon_numeric\t1::x\n"
@@ -118,4 +119,4 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
     assert util.read_split(out, schema.TEST)[0]["label_movie_id"] == [3]
     assert sorted(os.listdir(out)) == sorted([schema.SUCCESS_FILE, schema.METADATA_FILE,
                                               schema.VOCAB_FILE, schema.ERRORS_DIR,
-                                              schema.TRAIN, schema.TEST])
+                                              *schema.SHARD_DIRS])
