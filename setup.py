@@ -38,6 +38,9 @@ setuptools.setup(
         # The trainer (and the tests, which read shards back with tf.data).
         "trainer": TF + TENSORBOARD,
         "tensorboard": TENSORBOARD,
+        # beam_jobs.recommend_all's workers score users with the exported SavedModel:
+        # they need TensorFlow, which the prep job's workers (the base install) never load.
+        "recommend": TF,
         # Beam's GCS IO + Dataflow runner, and the trainer's bucket preflight.
         # `build`: Beam's stager packages --setup_file with `python -m build --no-isolation
         # --sdist` (offline) and prints "No module named build" before falling back.
