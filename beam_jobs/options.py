@@ -312,13 +312,18 @@ def make_parser(prog: str = PROG) -> StrictParser:
     add_options(p, JobConfig)
     # A test hook for --download (where the zips are served from), not an option.
     p.add_argument("--download_base_url", default=None, help=argparse.SUPPRESS)
-    # Not part of JobConfig: how much is logged never changes the output.
+    add_verbosity(p)
+    return p
+
+
+def add_verbosity(p: argparse.ArgumentParser) -> None:
+    """-v/--verbosity: not part of a job's config, as how much is logged never changes
+    the output."""
     p.add_argument("-v", "--verbosity", type=_int, choices=sorted(VERBOSITY), nargs="?",
                    const=1, default=0, metavar="N",
                    help="Log lines shown: " + "; ".join(
                        f"{n}: {what}" for n, what in VERBOSITY.items())
                    + " (default 0; -v alone is 1).")
-    return p
 
 
 class CommandLine(NamedTuple):

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except options.FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with _logging(cmd.verbosity):
+    with job_logging(cmd.verbosity):
         try:
             cfg, inputs, pipeline_options = _prepare(cmd)
             _execute(cfg, inputs, pipeline_options)
@@ -458,7 +458,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 @contextlib.contextmanager
-def _logging(verbosity: int):
+def job_logging(verbosity: int):
     """The root logger at INFO (DEBUG at verbosity 2) into one stderr handler, filtered
     by _JobLines at verbosity 0; the root's level is restored and the handler removed on
     exit. Installed before Beam's PipelineOptions, whose logging.basicConfig() then adds

@@ -56,6 +56,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -69,7 +70,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beam_jobs import options, outputs, schema
+from beam_jobs import options, outputs, pipeline, schema
 from beam_jobs.options import FlagError, at_least, option
 from beam_jobs.tfrecord import write_bytes
 
@@ -113,12 +114,14 @@ def make_parser(prog: str = PROG) -> options.StrictParser:
         prog=prog, description="Top-k recommendations for every user of a data_dir's users/ "
         "(Parquet). Other flags must be Beam pipeline options; no flag may be abbreviated.")
     options.add_options(p, RecommendConfig)
+    options.add_verbosity(p)
     return p
 
 
-def parse_command_line(argv: list[str], prog: str = PROG) -> tuple[RecommendConfig, list[str]]:
-    """(config, Beam arguments). Raises FlagError (unknown, abbreviated, bad flags; neither
-    or both of --model_dir/--export_dir); SystemExit for --help."""
+def parse_command_line(argv: list[str], prog: str = PROG
+                       ) -> tuple[RecommendConfig, list[str], int]:
+    """(config, Beam arguments, verbosity). Raises FlagError (unknown, abbreviated, bad
+    flags; neither or both of --model_dir/--export_dir); SystemExit for --help."""
     parser = make_parser(prog)
     args, rest = parser.parse_known_args(argv)
     beam_parser = options.beam_parser()
@@ -129,7 +132,7 @@ def parse_command_line(argv: list[str], prog: str = PROG) -> tuple[RecommendConf
         raise FlagError("give one of --model_dir (its newest export) or --export_dir")
     cfg = RecommendConfig(**{f.name: getattr(args, f.name)
                              for f in dataclasses.fields(RecommendConfig)})
-    return cfg, rest
+    return cfg, rest, args.verbosity
 
 
 # --------------------------------------------------------------------------- checks
@@ -469,7 +472,14 @@ _REFUSED = (FlagError, InputError)
 def run(argv: list[str]) -> dict:
     """Checks everything, runs the pipeline, returns the output's metadata (read back).
     Raises FlagError/InputError before the pipeline starts."""
-    cfg, beam_args = parse_command_line(argv)
+    cfg, beam_args, verbosity = parse_command_line(argv)
+    if verbosity == 0:  # TensorFlow's C++ chatter (it loads in the model handler)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with pipeline.job_logging(verbosity):
+        return _run(cfg, beam_args)
+
+
+def _run(cfg: RecommendConfig, beam_args: list[str]) -> dict:
     export_dir = resolve_export(cfg)
     users = check_data_dir(cfg.data_dir)
     prepare_output_dir(cfg.output_dir, cfg.overwrite)
@@ -506,5 +516,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sys.exit(main())

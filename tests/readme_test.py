@@ -37,6 +37,8 @@ FILES = {
     "--model_dir=/tmp/seqrec/model ": ["model/metrics.json", "model/config.json",
                                        "model/export/1/saved_model.pb", "model/export/LATEST"],
     "--preset=tutorial": ["tutorial/metrics.json", "tutorial/export/1/saved_model.pb"],
+    "beam_jobs.recommend_all": ["recs/_SUCCESS", "recs/metadata.json",
+                                "recs/part-00000-of-00008.parquet"],
 }
 
 
@@ -69,7 +71,8 @@ def _run(cmd: docs_util.DocCommand, **env: str) -> subprocess.CompletedProcess:
 def test_the_walkthrough_covers_every_entry_point():
     text = "\n".join(c.command for c in WALKTHROUGH)
     for entry in ("beam_jobs.synthetic", "beam_jobs.pipeline", "--download=ml-1m",
-                  "trainer.train", "--preset=tutorial", "trainer.recommend"):
+                  "trainer.train", "--preset=tutorial", "trainer.recommend",
+                  "beam_jobs.recommend_all"):
         assert entry in text, entry
     assert all(any(key in c.command for key in FILES) or c.expect for c in WALKTHROUGH)
 
