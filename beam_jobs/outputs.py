@@ -398,11 +398,13 @@ def leftover_patterns(output_dir: str) -> list[str]:
             + [schema.join(output_dir, f"{_PROBE_PREFIX}*")])
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+def prepare_output_dir(output_dir: str, overwrite: bool,
+                       run_outputs: list[str] | None = None) -> None:
     """Refuses a local output_dir that is a file or cannot be created or written, and a
     finished run unless `overwrite`; then removes the outputs of any earlier run (its
     _SUCCESS first, so an interrupted cleanup never looks finished) and the temporary
-    files of any run that did not finish (leftover_patterns)."""
+    files of any run that did not finish (leftover_patterns). `run_outputs`: globs of
+    what a run writes (default: this job's shards, errors, vocab and metadata)."""
     if "://" not in output_dir:
         _check_local_dir(output_dir)
     success = schema.join(output_dir, schema.SUCCESS_FILE)
@@ -411,12 +413,13 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
             raise OutputError(f"--output_dir {output_dir} already holds a finished run "
                               f"({success} exists); pass --overwrite to replace it")
         FileSystems.delete([success])
-    patterns = [schema.join(output_dir, split, schema.SHARD_GLOB)
-                for split in schema.SHARD_DIRS]
-    patterns += [schema.join(output_dir, schema.ERRORS_DIR, "*.tsv"),
-                 schema.join(output_dir, schema.VOCAB_FILE),
-                 schema.join(output_dir, schema.METADATA_FILE)]
-    patterns += leftover_patterns(output_dir)
+    if run_outputs is None:
+        run_outputs = [schema.join(output_dir, split, schema.SHARD_GLOB)
+                       for split in schema.SHARD_DIRS]
+        run_outputs += [schema.join(output_dir, schema.ERRORS_DIR, "*.tsv"),
+                        schema.join(output_dir, schema.VOCAB_FILE)]
+    patterns = [*run_outputs, schema.join(output_dir, schema.METADATA_FILE),
+                *leftover_patterns(output_dir)]
     stale = sorted({m.path for r in FileSystems.match(patterns) for m in r.metadata_list})
     if stale:
         _LOG.info("removing %d files of an earlier run from %s", len(stale), output_dir)

@@ -212,22 +212,11 @@ def check_data_dir(data_dir: str) -> UsersInput:
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses an output_dir that is a file or not writable, or holds a finished run
     without `overwrite`; removes an earlier run's files (_SUCCESS first)."""
-    if "://" not in output_dir:
-        try:
-            outputs._check_local_dir(output_dir)
-        except outputs.OutputError as e:
-            raise InputError(str(e)) from None
-    success = schema.join(output_dir, schema.SUCCESS_FILE)
-    if FileSystems.exists(success):
-        if not overwrite:
-            raise InputError(f"--output_dir {output_dir} already holds a finished run "
-                             f"({success} exists); pass --overwrite to replace it")
-        FileSystems.delete([success])
-    patterns = [schema.join(output_dir, SHARD_GLOB), schema.join(output_dir, schema.METADATA_FILE),
-                *outputs.leftover_patterns(output_dir)[:1]]
-    stale = sorted({m.path for r in FileSystems.match(patterns) for m in r.metadata_list})
-    if stale:
-        FileSystems.delete(stale)
+    try:
+        outputs.prepare_output_dir(output_dir, overwrite,
+                                   run_outputs=[schema.join(output_dir, SHARD_GLOB)])
+    except outputs.OutputError as e:
+        raise InputError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- reading users/
