@@ -253,23 +253,18 @@ def test_shard_cut_after_the_check_fails_the_epoch_and_is_named(tmp_path):
                             rf"lists {whole}: truncated or replaced; stopped", str(error)), error
 
 
-def test_unverified_shard_cut_where_gzip_reads_clean_stops_training_naming_it(tmp_path):
+@pytest.mark.parametrize("split,name,stopped", [
+    ("train", TRAIN_SHARD, "training stopped at step 0, the last checkpoint is kept"),
+    ("test", TEST_SHARD, "evaluation at step 20 stopped"),  # 400 examples // 20
+])
+def test_unverified_shard_cut_where_gzip_reads_clean_stops_naming_it(tmp_path, split, name,
+                                                                   stopped):
     path = _write(tmp_path / "d", manifest=False)
-    shard = os.path.join(path, "train", TRAIN_SHARD)
+    shard = os.path.join(path, split, name)
     _clean_cut(shard)
     with pytest.raises(data.DataError, match=(
             f"{re.escape(shard)}: [0-9]+ records, then the gzip stream ends before its end "
-            "marker: truncated; training stopped at step 0, the last checkpoint is kept")):
-        loop.run(_config(path, tmp_path / "m"))
-
-
-def test_unverified_test_shard_cut_stops_evaluation_naming_it(tmp_path):
-    path = _write(tmp_path / "d", manifest=False)
-    shard = os.path.join(path, "test", TEST_SHARD)
-    _clean_cut(shard)
-    with pytest.raises(data.DataError, match=(
-            f"{re.escape(shard)}: [0-9]+ records, then the gzip stream ends before its end "
-            "marker: truncated; evaluation at step 20 stopped")):  # 400 examples // 20
+            f"marker: truncated; {stopped}")):
         loop.run(_config(path, tmp_path / "m"))
 
 

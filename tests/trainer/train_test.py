@@ -84,12 +84,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(trained, tmp_path):
     cfg, _ = trained
     # A model_dir holding only the checkpoint from step 25 (mid epoch 2), as if
     # the run had been killed there.
-    src = checkpoints.checkpoint_dir(cfg.model_dir)
-    dst = checkpoints.checkpoint_dir(str(tmp_path))
-    os.makedirs(dst)
-    for f in tf.io.gfile.glob(os.path.join(src, "ckpt-25.*")):
-        shutil.copy(f, dst)
-    tf.compat.v1.train.update_checkpoint_state(dst, os.path.join(dst, "ckpt-25"))
+    src, dst = _copy_checkpoint(cfg, str(tmp_path), 25)
     resumed = cfg.replace(model_dir=str(tmp_path), export=False, eval_every_epoch=False)
     assert loop.run(resumed)["step"] == 60
     # Same data position (skipped batches, per-epoch seeds) and optimizer state:
@@ -99,6 +94,18 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(trained, tmp_path):
     assert a.keys() == b.keys() and len(a) >= 5
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _copy_checkpoint(cfg, model_dir: str, step: int) -> tuple[str, str]:
+    """Gives model_dir only checkpoint `step` of the trained run, as if that run had
+    stopped there; returns (the trained run's, model_dir's) checkpoint directories."""
+    src = checkpoints.checkpoint_dir(cfg.model_dir)
+    dst = checkpoints.checkpoint_dir(model_dir)
+    os.makedirs(dst)
+    for f in tf.io.gfile.glob(os.path.join(src, f"ckpt-{step}.*")):
+        shutil.copy(f, dst)
+    tf.compat.v1.train.update_checkpoint_state(dst, os.path.join(dst, f"ckpt-{step}"))
+    return src, dst
 
 
 def test_finished_run_is_not_trained_again(trained, caplog):
@@ -121,12 +128,7 @@ def test_run_stopped_after_its_last_step_evaluates_and_exports_on_rerun(
     if stopped_in == "export":
         shutil.copytree(os.path.join(cfg.model_dir, "export"), tmp_path / "export")
         os.utime(tmp_path / "export" / "1" / "saved_model.pb", (1e9, 1e9))  # 2001
-    src = checkpoints.checkpoint_dir(cfg.model_dir)
-    dst = checkpoints.checkpoint_dir(str(tmp_path))
-    os.makedirs(dst)
-    for f in tf.io.gfile.glob(os.path.join(src, "ckpt-60.*")):
-        shutil.copy(f, dst)
-    tf.compat.v1.train.update_checkpoint_state(dst, os.path.join(dst, "ckpt-60"))
+    _copy_checkpoint(cfg, str(tmp_path), 60)
     shutil.copy(os.path.join(cfg.model_dir, "config.json"), tmp_path)
     metrics = {**results, "step": 40} if stopped_in == "final evaluation" else results
     with open(tmp_path / "metrics.json", "w") as f:
