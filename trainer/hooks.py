@@ -56,14 +56,16 @@ def export_savedmodel(model, info: data.DataInfo, cfg: TrainConfig, is_chief: bo
     (or the directory itself with --noexport_versions). Every worker exports (saving
     may take part in collectives); only the chief there, the others into a temporary
     directory that is deleted."""
-    args = (model.query_model, model.candidate_model, info.movie_ids,
-            schema.join(info.data_dir, schema.VOCAB_FILE), cfg.trainer.export_k)
+    towers = (model.query_model, model.candidate_model)
+    vocab, k = schema.join(info.data_dir, schema.VOCAB_FILE), cfg.trainer.export_k
     if not is_chief:
         tmp = tempfile.mkdtemp(prefix="seqrec-worker-export-")
-        export.export_model(*args[:3], tmp, *args[3:])
+        export.export_model(*towers, info.movie_ids, tmp, vocab, k)
         shutil.rmtree(tmp, ignore_errors=True)
+    elif cfg.trainer.export_versions:
+        target = export.export_version(cfg.export_uri, *towers, info.movie_ids, vocab, k)
     else:
-        target = (export.export_version(cfg.export_uri, *args) if cfg.trainer.export_versions
-                  else export.export_model(*args[:3], cfg.export_uri, *args[3:]))
+        target = export.export_model(*towers, info.movie_ids, cfg.export_uri, vocab, k)
+    if is_chief:
         logging.info("Exported the SavedModel to %s (%d movies, k=%d)", target,
                      len(info.movie_ids), min(cfg.trainer.export_k, len(info.movie_ids)))

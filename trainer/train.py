@@ -6,7 +6,8 @@ r"""Trains the sequential retrieval model on a data_dir; writes model_dir.
 model_dir receives: checkpoints/ (every --checkpoint_every_steps and each
 epoch end; a rerun with the same model_dir resumes from the latest), train/ and
 eval/ TensorBoard events, config.json, metrics.json (test-split retrieval
-metrics and the popularity baseline) and export/ (SavedModel).
+metrics and the popularity baseline) and export/1/, 2/, ... (one SavedModel per
+export) with export/LATEST (docs/serving.md).
 --checkpoint_dir, --tensorboard_dir and --export_dir (or Vertex AI's AIP_*
 variables) move those three elsewhere.
 
