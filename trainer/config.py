@@ -9,7 +9,7 @@ everything below receives a `TrainConfig`. Vocabulary and data sizes are NOT
 configuration: they come from data_dir (vocab.tsv, metadata.json), so a run
 cannot disagree with its data.
 
-This module needs only the standard library and absl (never TensorFlow): the
+This module needs only the standard library, absl and beam_jobs.schema (never TensorFlow): the
 launchers import it on machines without TensorFlow.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import flags, logging
+
+from beam_jobs import schema
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "default")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
@@ -289,7 +291,7 @@ class TrainConfig:
 
     @property
     def checkpoints_uri(self) -> str:
-        return self.checkpoint_dir or _join(self.model_dir, "checkpoints")
+        return self.checkpoint_dir or schema.join(self.model_dir, "checkpoints")
 
     @property
     def tensorboard_uri(self) -> str:
@@ -297,11 +299,7 @@ class TrainConfig:
 
     @property
     def export_uri(self) -> str:
-        return self.export_dir or _join(self.model_dir, "export")
-
-
-def _join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
+        return self.export_dir or schema.join(self.model_dir, "export")
 
 
 def flatten(d: Mapping[str, Any]) -> dict[str, Any]:
