@@ -176,6 +176,29 @@ def _excluded_context(context, label_index, table):
     return tf.maximum(index, 0), mask
 
 
+def _seen_mask(features: Mapping[str, tf.Tensor], label_index, table, vocab_size: int):
+    """bool [B, V]: True for the vocabulary entries each query's user has already
+    rated (features["seen_movie_id"], int64 SparseTensor [B, n]), never the label.
+
+    A scatter into a [B, V] mask (the size of the score matrix) rather than a
+    gather of the seen ids' scores: a heavy user has thousands of seen ids, and
+    a mask counts a repeated id once without an n x n comparison.
+    """
+    if schema.SEEN_MOVIE_ID not in features:
+        raise ValueError(f"excluding seen movies needs the {schema.SEEN_MOVIE_ID!r} feature in "
+                         "the evaluation data (validation/test examples carry it since the Beam "
+                         "job wrote a validation split)")
+    seen = features[schema.SEEN_MOVIE_ID]
+    index = table.lookup(tf.cast(seen.values, tf.int64))
+    known = index >= 0
+    where = tf.stack([tf.boolean_mask(seen.indices[:, 0], known), tf.boolean_mask(index, known)],
+                     axis=1)
+    batch = tf.shape(label_index, out_type=tf.int64)[0]
+    mask = tf.tensor_scatter_nd_update(tf.zeros(tf.stack([batch, vocab_size]), tf.bool), where,
+                                       tf.ones(tf.shape(where)[:1], tf.bool))
+    return mask & ~tf.cast(tf.one_hot(label_index, vocab_size, dtype=tf.int8), tf.bool)
+
+
 def _sums(rank: tf.Tensor, ks: tuple[int, ...], ndcg_k: int) -> tuple[tf.Tensor, ...]:
     """Per-batch metric sums from float64 ranks [B] (inf = miss)."""
     hits = tf.stack([tf.reduce_sum(tf.cast(rank <= k, tf.float64)) for k in ks])
@@ -242,13 +265,14 @@ def _finish(run, dataset: tf.data.Dataset, ks, ndcg_k) -> dict:
     return metrics
 
 
-def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, exclude_context):
+def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, exclude_context,
+                   exclude_seen):
     """The traced retrieval evaluation for these towers/vocabulary/options, built
     once and then reused (LRU of _TRACED_MAX). The key holds the towers' ids:
     the cached function references the towers, so they stay alive (and their
     ids unique) while cached."""
     key = (id(query_model), id(candidate_model), hashlib.sha256(ids.tobytes()).hexdigest(),
-           ks, ndcg_k, exclude_context)
+           ks, ndcg_k, exclude_context, exclude_seen)
     run = _TRACED.get(key)
     if run is not None:
         _TRACED.move_to_end(key)
@@ -267,7 +291,11 @@ def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, ex
         greater = tf.reduce_sum(tf.cast(scores > label_score, tf.int64), axis=1)  # [B]
         # Ties with other candidates (the label equals itself once).
         tied = tf.reduce_sum(tf.cast(scores == label_score, tf.int64), axis=1) - 1
-        if exclude_context:
+        if exclude_seen:  # the context is part of what was seen
+            seen = _seen_mask(features, label_index, table, ids.size)
+            greater -= tf.reduce_sum(tf.cast(seen & (scores > label_score), tf.int64), axis=1)
+            tied -= tf.reduce_sum(tf.cast(seen & (scores == label_score), tf.int64), axis=1)
+        elif exclude_context:
             index, mask = _excluded_context(context, label_index, table)
             context_scores = tf.gather(scores, index, batch_dims=1)  # [B, L]
             greater -= tf.reduce_sum(tf.cast(mask & (context_scores > label_score), tf.int64), 1)
@@ -291,6 +319,7 @@ def evaluate_retrieval(
     ks: Sequence[int] = DEFAULT_KS,
     *,
     exclude_context: bool = False,
+    exclude_seen: bool = False,
     ndcg_k: int = 10,
 ) -> dict:
     """Ranks each query's label among the whole vocabulary (see module doc).
@@ -306,6 +335,12 @@ def evaluate_retrieval(
       exclude_context: remove the movies of each query's own context from its
         ranking (the label itself is never removed, even if it is in the
         context: a re-watch still counts).
+      exclude_seen: remove every movie the query's user rated before the label
+        (the dataset's "seen_movie_id", int64 SparseTensor [B, n]; see
+        data.make_eval_dataset) from its ranking, never the label. It covers
+        the context, so exclude_context adds nothing to it. Right when users
+        never consume an item twice (MovieLens: nobody re-rates a movie), so a
+        seen movie can never be the next one; wrong for re-watches or re-buys.
       ndcg_k: cut-off of NDCG.
 
     Returns:
@@ -314,7 +349,8 @@ def evaluate_retrieval(
     """
     ks = _check_ks(ks, ndcg_k)
     ids = _check_vocab(movie_ids)
-    run = _retrieval_run(query_model, candidate_model, ids, ks, ndcg_k, bool(exclude_context))
+    run = _retrieval_run(query_model, candidate_model, ids, ks, ndcg_k, bool(exclude_context),
+                         bool(exclude_seen))
     return _finish(run, dataset, ks, ndcg_k)
 
 
@@ -325,6 +361,7 @@ def popularity_baseline(
     ks: Sequence[int] = DEFAULT_KS,
     *,
     exclude_context: bool = False,
+    exclude_seen: bool = False,
     ndcg_k: int = 10,
 ) -> dict:
     """The same metrics for "recommend the most-watched movies" to everyone.
@@ -334,7 +371,8 @@ def popularity_baseline(
     label_tie_rate is 0.
 
     Args:
-      dataset, movie_ids, ks, exclude_context, ndcg_k: as evaluate_retrieval.
+      dataset, movie_ids, ks, exclude_context, exclude_seen, ndcg_k: as
+        evaluate_retrieval.
       counts: train-split counts, either aligned with movie_ids ([V]) or a
         mapping movie id -> count (missing ids count 0).
 
@@ -360,7 +398,11 @@ def popularity_baseline(
         context, label_index = _batch_ids(features, table)
         label_position = tf.gather(position, label_index)  # [B]
         above = label_position
-        if exclude_context:
+        if exclude_seen:
+            seen = _seen_mask(features, label_index, table, ids.size)
+            seen_above = seen & (position[None, :] < label_position[:, None])
+            above -= tf.reduce_sum(tf.cast(seen_above, tf.int64), axis=1)
+        elif exclude_context:
             index, mask = _excluded_context(context, label_index, table)
             context_above = mask & (tf.gather(position, index) < label_position[:, None])
             above -= tf.reduce_sum(tf.cast(context_above, tf.int64), axis=1)
