@@ -21,8 +21,10 @@ Signatures (`saved_model_cli show --all` output: docs/serving.md):
                              movie_ids int64 [B, k], scores float32 [B, k], titles string
                              [B, k], unknown_ids int32 [B] (ids not in the vocabulary:
                              ignored, the history is read without them, and counted here)
-    serving_exclude_context  the same, without the history's own movies (they come back
-                             with score -inf only when fewer than k others exist)
+    serving_exclude_context  the same, without any movie of the given history: all n ids,
+                             not only the last L the query reads, so sending a user's
+                             whole history excludes everything seen (those come back with
+                             score -inf only when fewer than k others exist)
     serving_examples         examples string [B]: serialized tf.Example in the data
                              contract's format (context_movie_id [L]) -> the same outputs
     query_embedding          context_movie_id int64 [B, n] -> embedding float32 [B, D],
@@ -119,14 +121,24 @@ class Recommender(tf.Module):
         context, unknown = self._history(context_movie_id)
         scores = tf.matmul(self._query(context), self.candidate_embeddings, transpose_b=True)
         if exclude_context:
-            # in_context[b, v]: candidate v is in row b's context. [B, L, V] is small at
-            # serving batch sizes; pads (0) match no candidate.
-            in_context = tf.reduce_any(
-                tf.equal(context[:, :, None], self.candidate_ids[None, None, :]), axis=1)
-            scores = tf.where(in_context, -np.inf, scores)
+            scores = tf.where(self._in_history(context_movie_id), -np.inf, scores)
         values, indices = tf.math.top_k(scores, k=self.k)
         return {"movie_ids": tf.gather(self.candidate_ids, indices), "scores": values,
                 "titles": tf.gather(self.candidate_titles, indices), "unknown_ids": unknown}
+
+    def _in_history(self, ids: tf.Tensor) -> tf.Tensor:
+        """bool [B, V]: candidate v is among row b's ids [B, n] -- ALL n of them, not
+        only the last L the query reads, so a client that sends a user's whole history
+        excludes everything the user has seen. Scattered rather than compared
+        ([B, n, V] would be large for long histories); pads and unknown ids mark
+        nothing."""
+        index = self.index.lookup(tf.cast(ids, tf.int64))  # [B, n], -1: pad or unknown
+        where = tf.where(index >= 0)  # [m, 2] (row, position)
+        rows_cols = tf.stack([where[:, 0], tf.gather_nd(index, where)], axis=1)
+        shape = tf.stack([tf.shape(ids, out_type=tf.int64)[0],
+                          tf.shape(self.candidate_ids, out_type=tf.int64)[0]])
+        return tf.tensor_scatter_nd_update(tf.zeros(shape, tf.bool), rows_cols,
+                                           tf.ones(tf.shape(rows_cols)[:1], tf.bool))
 
     def _recommend_examples(self, examples: tf.Tensor) -> dict:
         spec = {schema.CONTEXT_MOVIE_ID: tf.io.FixedLenFeature([self._length], tf.int64)}

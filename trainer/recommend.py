@@ -12,9 +12,10 @@ Unknown ids are an error naming them here: the vocabulary holds every movie of
 movies.dat, so an id typed outside it is a typo or a different dataset. (A
 serving signature cannot ask back: it leaves unknown ids out of the history and
 counts them in its `unknown_ids` output.) Movies of the whole history are left
-out of the recommendations unless --no-exclude_history (the last L by the
-serving_exclude_context signature, older ones by filtering its results, so
-fewer than --k may remain).
+out of the recommendations unless --no-exclude_history (by the
+serving_exclude_context signature, which is given the whole history; exports
+older than that covered only the last L, and the rest is filtered from their
+results, so fewer than --k may remain there).
 """
 from __future__ import annotations
 
@@ -114,11 +115,14 @@ def recommend(model_dir: str | None, history: Sequence[int], k: int = 10,
     available = serve.structured_outputs["movie_ids"].shape[1]
     if not 1 <= k <= available:
         raise UsageError(f"--k must be between 1 and {available} (the exported k), got {k}")
-    out = serve(**{schema.CONTEXT_MOVIE_ID: tf.constant([context_row(history, length)], tf.int64)})
+    # The whole history: the signatures read its last L ids, and serving_exclude_context
+    # leaves out all of them (they come back at -inf only when fewer than k others exist).
+    row = history if len(history) > length else context_row(history, length)
+    out = serve(**{schema.CONTEXT_MOVIE_ID: tf.constant([row], tf.int64)})
     pairs = zip(out["movie_ids"][0].numpy().tolist(), out["scores"][0].numpy().tolist(), strict=True)
-    # The signature leaves out the last L history movies (they come back at
-    # -inf only when fewer than k others exist); older history movies are
-    # dropped here, which can leave fewer than k results.
+    # Exports written before serving_exclude_context covered the whole history left
+    # out only the last L: older history movies are dropped here for those, which
+    # can leave fewer than k results.
     seen = set(history) if exclude_history else set()
     results = [(m, s) for m, s in pairs if not math.isinf(s) and m not in seen][:k]
     return vocab, results, length

@@ -75,6 +75,17 @@ def test_exclude_context_signature(hand_export):
     np.testing.assert_allclose(out["scores"], [[1, -2, -np.inf], [1, 0, -np.inf]])
 
 
+def test_exclude_context_covers_the_whole_history(hand_export):
+    """A history longer than L: the query reads the last L ids, the exclusion all of them."""
+    loaded, _ = hand_export
+    serve = loaded.signatures["serving_exclude_context"]
+    out = serve(context_movie_id=tf.constant([[10, 30, 40, 0], [20, 10, 30, 40]], tf.int64))
+    # Both rows' queries read [10, 30, 40]; only row 1 leaves 20 unexcluded.
+    assert int(out["movie_ids"][0, 0]) == 20 and np.isfinite(out["scores"][0, 0])
+    assert np.all(np.isneginf(out["scores"][0, 1:]))
+    assert np.all(np.isneginf(out["scores"][1]))
+
+
 def test_asset_found_after_move(hand_export):
     loaded, moved = hand_export
     path = loaded.vocab.asset_path.numpy().decode()
