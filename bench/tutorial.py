@@ -50,8 +50,11 @@ def dataset(filename: str) -> tf.data.Dataset:
     })
 
 
+BATCH_SIZE = 12800
+
+
 def cached_train(filename: str) -> tf.data.Dataset:
-    return dataset(filename).shuffle(10_000).batch(12800).cache()
+    return dataset(filename).shuffle(10_000).batch(BATCH_SIZE).cache()
 
 
 def cached_test(filename: str) -> tf.data.Dataset:
