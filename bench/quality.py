@@ -1,76 +1,120 @@
-r"""Retrieval quality side by side: popularity, the TFRS tutorial's setup, our defaults.
+r"""Retrieval quality side by side: popularity, the TFRS tutorial's own code, its
+setup on our trainer, our defaults; real data first.
 
-    python -m beam_jobs.synthetic --output_dir=/tmp/q/raw
-    python -m beam_jobs.pipeline --input_dir=/tmp/q/raw --output_dir=/tmp/q/last
-    python -m beam_jobs.pipeline --input_dir=/tmp/q/raw --output_dir=/tmp/q/random --split=random
-    python bench/quality.py --last_dir=/tmp/q/last --random_dir=/tmp/q/random \
-        [--markdown=bench/README_quality.md]
-    python bench/quality.py --ml100k      # real MovieLens 100K (bench/movielens100k.py)
+    python -m bench.quality --ml100k --ml1m_synthetic     # both tables, real first
+    python -m bench.quality --ml100k --only "tutorial's code" --tutorial_epochs=1  # a smoke run
+    python -m bench.quality --last_dir=DIR [--random_dir=DIR]   # any beam_jobs output
+    python -m bench.quality --ml100k --exclude_seen       # rank without seen movies
 
-Every row is one `python -m trainer.train` run in a fresh process (same
-machine, one device, no evaluation between epochs, no export), evaluated on the
-test split by full ranking over the whole vocabulary (trainer/evaluate.py).
-"train s" is the time of the training steps only (from the trainer's per-epoch
-examples/s log lines); "wall s" is the whole process (start-up, input
-pipeline warm-up, final evaluation). `--row NAME=FLAGS` adds or replaces rows
-(for trying configurations); `--only` runs just the named rows.
+Data sets (prepared once, cached in --work_dir under a hash of the beam_jobs
+source that made them, so a changed job rebuilds them):
+  --ml100k          real MovieLens 100K (bench/movielens100k.py: recbole 1.2.1's copy,
+                    fetched into a cache, never committed) through beam_jobs.pipeline
+                    with its defaults;
+  --ml1m_synthetic  beam_jobs.synthetic's defaults (the ML-1M shape: 6,040 users,
+                    1,000,209 ratings) through beam_jobs.pipeline;
+  --last_dir        a data_dir made with --split=last (and --random_dir, one made
+                    with --split=random, for the random-split row).
+
+Rows, each in a fresh process from a frozen copy of the source (see snapshot):
+  * "tutorial's code, N epochs" for each N of --tutorial_epochs: bench/tutorial.py,
+    the tutorial's pipeline and model, trained by its own model.fit on the train
+    split as one uncompressed TFRecord file (made from the shards once, outside
+    every timing) and scored by the trainer's evaluator (bench/tutorial_run.py);
+  * "tutorial preset": its setup on our trainer (`--preset=tutorial`);
+  * "defaults": `python -m trainer.train` with no flags;
+  * `--row NAME=FLAGS` adds or replaces trainer rows; `--only NAME` (a row's name,
+    or the part before its comma) runs just those.
+Every trainer row is `python -m trainer.train` (one device, no evaluation between
+epochs, no export); all rows are scored the same way (trainer/evaluate.py: full
+ranking over the whole vocabulary) on the validation split (each user's
+second-to-last example, when the data_dir has one) and the test split (the
+last); each metric cell reads "validation / test". `--exclude_seen` ranks
+without each user's already-rated movies in every row (the trainer's
+--eval_exclude_seen), popularity included. "chosen on" says which split the
+row's configuration was chosen on ("tutorial": taken as published, not tuned
+here). "train s": trainer rows, the training steps only (from the trainer's
+per-epoch examples/s log lines); tutorial's code, its model.fit. "wall s": the
+whole process (start-up, data checks, input warm-up, evaluation).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ("top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr")
-EPOCH_LINE = re.compile(r"Epoch \d+ done: step (\d+), mean loss [\d.naif]+, (\d+) examples/s")
+sys.path.insert(0, ROOT)
+from beam_jobs import schema  # noqa: E402  (stdlib only: no TensorFlow in this process)
+from bench.quality_prep import (  # noqa: E402
+    prepare_ml100k,
+    prepare_synthetic,
+    snapshot,
+    tutorial_input,
+)
 
-# name -> (split, flags). The tutorial row is its exact setup (trainer.config.TUTORIAL).
+KEYS = ("top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr")
+EVAL_SPLITS = ("validation", "test")  # the cell order: "validation / test"
+EPOCH_LINE = re.compile(r"Epoch \d+ done: step (\d+), mean loss [\d.naif]+, (\d+) examples/s")
+TUTORIAL_ROW = "tutorial's code"
+# Where the defaults (trainer/config.py) were chosen: on the test split of bench's
+# synthetic set, before data_dirs had a validation split. Update when re-chosen.
+DEFAULTS_CHOSEN_ON = "test (synthetic)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One configuration: which data_dir ("last" or "random"), trainer flags, the
+    split it was chosen on, and tutorial_epochs > 0 for the tutorial's own code."""
+
+    data: str = "last"
+    flags: tuple[str, ...] = ()
+    chosen_on: str = "-"
+    tutorial_epochs: int = 0
+
+
 ROWS = {
-    "tutorial": ("last", ["--preset=tutorial"]),
-    "defaults": ("last", []),
-    "tutorial, random split": ("random", ["--preset=tutorial"]),
+    "tutorial preset": Row(flags=("--preset=tutorial",), chosen_on="tutorial"),
+    "defaults": Row(chosen_on=DEFAULTS_CHOSEN_ON),
+    "tutorial preset, random split": Row("random", ("--preset=tutorial",), "tutorial"),
 }
 
 
-def snapshot(work: str) -> str:
-    """Copies the packages under test into work/src; rows run from there.
-
-    A benchmark runs for many minutes; if a source file changes meanwhile
-    (another checkout step, an editor), autograph can no longer read the
-    source of a function it is about to convert, falls back to running it
-    unconverted, and a tf.function looping over a dataset then never ends.
-    Running from a frozen copy also pins the code that the table measures.
-    """
-    src = os.path.join(work, "src")
-    if not os.path.exists(src):
-        for pkg in ("beam_jobs", "trainer"):
-            shutil.copytree(os.path.join(ROOT, pkg), os.path.join(src, pkg),
-                            ignore=shutil.ignore_patterns("__pycache__"))
-    return src
-
-
-def run_row(data_dir: str, flags: list[str], work: str) -> dict:
-    """Trains one configuration; returns its metrics.json plus timings."""
-    model_dir = tempfile.mkdtemp(prefix="model-", dir=work)
-    src = snapshot(work)
-    cmd = [sys.executable, "-m", "trainer.train", f"--data_dir={data_dir}",
-           f"--model_dir={model_dir}", "--noeval_every_epoch", "--noexport",
-           "--checkpoint_every_steps=0", *flags]
+def _child(src: str, module: str, args: list[str], log: str) -> tuple[float, str]:
+    """Runs `python -m module args` from the snapshot; (wall s, stderr), stderr also
+    saved to `log`. A failure ends the benchmark with the command and its stderr's end."""
+    cmd = [sys.executable, "-m", module, *args]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=src)
-    t = time.time()
+    start = time.time()
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True)
-    wall = time.time() - t
-    with open(os.path.join(model_dir, "train.log"), "w") as f:
+    wall = time.time() - start
+    with open(log, "w") as f:
         f.write(proc.stderr)
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n"
+                         f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return wall, proc.stderr
+
+
+def trainer_args(data_dir: str, model_dir: str, flags, exclude_seen: bool) -> list[str]:
+    """The `python -m trainer.train` arguments of a trainer row."""
+    return [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--noeval_every_epoch",
+            "--noexport", "--checkpoint_every_steps=0", *flags,
+            *(["--eval_exclude_seen"] if exclude_seen else [])]
+
+
+def run_row(data_dir: str, flags, work: str, exclude_seen: bool = False) -> dict:
+    """Trains one trainer configuration; returns its metrics.json plus timings."""
+    model_dir = tempfile.mkdtemp(prefix="model-", dir=work)
+    wall, stderr = _child(snapshot(work), "trainer.train",
+                          trainer_args(data_dir, model_dir, flags, exclude_seen),
+                          os.path.join(model_dir, "train.log"))
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(model_dir, "config.json")) as f:
@@ -79,81 +123,176 @@ def run_row(data_dir: str, flags: list[str], work: str) -> dict:
     # The best epoch's rate is the figure least disturbed by other load on a
     # shared machine.
     train_s, last_step, best = 0.0, 0, 0
-    for step, rate in EPOCH_LINE.findall(proc.stderr):
+    for step, rate in EPOCH_LINE.findall(stderr):
         train_s += (int(step) - last_step) * config["trainer"]["global_batch_size"] / int(rate)
         last_step, best = int(step), max(best, int(rate))
     return {"metrics": metrics, "train_s": train_s, "wall_s": wall, "best_rate": best,
             "config": config}
 
 
-def prepare_ml100k(work: str) -> str:
-    """Real MovieLens 100K through the Beam job (defaults: --split=last); its data_dir."""
-    raw, data_dir = os.path.join(work, "ml100k"), os.path.join(work, "ml100k-data")
-    if not os.path.exists(os.path.join(data_dir, "_SUCCESS")):
-        subprocess.run([sys.executable, "-m", "bench.movielens100k", f"--output_dir={raw}"],
-                       cwd=ROOT, check=True)
-        subprocess.run([sys.executable, "-m", "beam_jobs.pipeline", f"--input_dir={raw}",
-                        f"--output_dir={data_dir}", "--overwrite"], cwd=ROOT, check=True)
-    return data_dir
+def tutorial_args(data_dir: str, train_file: str, epochs: int, output: str,
+                  exclude_seen: bool) -> list[str]:
+    """The `python -m bench.tutorial_run` arguments of a tutorial's-code row."""
+    return [f"--data_dir={data_dir}", f"--train_file={train_file}", f"--epochs={epochs}",
+            f"--output={output}", *(["--exclude_seen"] if exclude_seen else [])]
 
 
-def table(rows: list[tuple]) -> str:
-    """rows: (name, split, flags, metrics, train s, wall s, best epoch examples/s)."""
-    head = ["model", "split", "flags", *KEYS, "train s", "wall s", "best epoch ex/s"]
+def run_tutorial(data_dir: str, epochs: int, work: str, exclude_seen: bool = False) -> dict:
+    """Trains the tutorial's own code for `epochs` (bench/tutorial_run.py); the same
+    dict as run_row. best_rate: train examples / the fastest epoch's seconds."""
+    train_file = tutorial_input(data_dir, work)  # before the clock: not the tutorial's work
+    out = tempfile.mkdtemp(prefix="tutorial-", dir=work)
+    output = os.path.join(out, "metrics.json")
+    wall, _ = _child(snapshot(work), "bench.tutorial_run",
+                     tutorial_args(data_dir, train_file, epochs, output, exclude_seen),
+                     os.path.join(out, "train.log"))
+    with open(output) as f:
+        metrics = json.load(f)
+    timing = metrics.pop("timing")
+    return {"metrics": metrics, "train_s": timing["train_s"], "wall_s": wall,
+            "best_rate": round(timing["examples_per_epoch"] / min(timing["epoch_s"]))}
+
+
+def select_rows(tutorial_epochs, extra: list[str], only: list[str], random: bool) -> dict:
+    """name -> Row: the tutorial's code per epoch count, ROWS, then --row additions;
+    only: names (or the part before a name's comma) to keep; random: whether a
+    random-split data_dir was given."""
+    rows = {f"{TUTORIAL_ROW}, {n} epoch{'s' * (n != 1)}": Row(chosen_on="tutorial",
+                                                               tutorial_epochs=n)
+            for n in tutorial_epochs}
+    rows.update(ROWS)
+    for spec in extra:
+        name, _, flags = spec.partition("=")
+        rows[name] = Row(flags=tuple(flags.split()))
+    if only:
+        rows = {k: v for k, v in rows.items() if k in only or k.split(",")[0] in only}
+    return {k: v for k, v in rows.items() if random or v.data != "random"}
+
+
+def _cell(metrics: dict, key: str) -> str:
+    """ "validation / test" of one metric; "-" for a split the row lacks."""
+    return " / ".join(f"{metrics[s][key]:.4f}" if s in metrics else "-" for s in EVAL_SPLITS)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table. rows: {"name", "data", "chosen_on", "flags", "metrics":
+    {split: evaluate's dict} for validation and/or test, "train_s", "wall_s",
+    "best_rate"} (timings None for popularity)."""
+    head = ["model", "data", "chosen on", "flags", *(f"{k} val / test" for k in KEYS),
+            "train s", "wall s", "best epoch ex/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, split, flags, m, train_s, wall_s, rate in rows:
-        cells = [name, split, f"`{flags}`" if flags else "", *(f"{m[k]:.4f}" for k in KEYS),
-                 f"{train_s:.0f}" if train_s is not None else "-",
-                 f"{wall_s:.0f}" if wall_s is not None else "-",
-                 f"{rate:,}" if rate else "-"]
+    for r in rows:
+        cells = [r["name"], r["data"], r["chosen_on"], f"`{r['flags']}`" if r["flags"] else "",
+                 *(_cell(r["metrics"], k) for k in KEYS),
+                 f"{r['train_s']:.0f}" if r["train_s"] is not None else "-",
+                 f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-",
+                 f"{r['best_rate']:,}" if r["best_rate"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--last_dir", help="data_dir made with --split=last")
-    p.add_argument("--ml100k", action="store_true",
-                   help="instead of --last_dir: real MovieLens 100K (recbole 1.2.1's copy, "
-                   "fetched into a cache, never committed), converted and prepared by the Beam "
-                   "job with its defaults in the work dir")
-    p.add_argument("--random_dir", help="data_dir made with --split=random (optional row)")
-    p.add_argument("--row", action="append", default=[],
-                   help='extra row "NAME=FLAG FLAG ..." on the last split')
-    p.add_argument("--only", action="append", default=[], help="run only these rows")
-    p.add_argument("--markdown", help="also write the table to this file")
-    p.add_argument("--work_dir", default=None)
-    a = p.parse_args()
+def split_metrics(metrics: dict) -> dict:
+    """{split: metrics} of a metrics.json, for the splits it evaluated."""
+    return {s: metrics[s] for s in EVAL_SPLITS if s in metrics}
 
-    rows = dict(ROWS)
-    for spec in a.row:
-        name, _, flags = spec.partition("=")
-        rows[name] = ("last", flags.split())
-    if a.only:
-        rows = {k: v for k, v in rows.items() if k in a.only}
-    if not a.random_dir:
-        rows = {k: v for k, v in rows.items() if v[0] != "random"}
-    work = a.work_dir or tempfile.mkdtemp(prefix="seqrec-quality-")
-    if a.ml100k:
-        a.last_dir = prepare_ml100k(work)
-    elif not a.last_dir:
-        p.error("give --last_dir or --ml100k")
+
+def popularity_metrics(metrics: dict) -> dict:
+    """{split: popularity baseline} of a metrics.json ("popularity" is test's)."""
+    names = {"validation": "popularity_validation", "test": "popularity"}
+    return {s: metrics[n] for s, n in names.items() if n in metrics}
+
+
+def run_data_set(dirs: dict, rows: dict, work: str, exclude_seen: bool) -> list[dict]:
+    """Runs every row on its data_dir (dirs: "last"/"random" -> path); the table's
+    rows, popularity first (from the first row run on each data_dir)."""
     out, popularity = [], {}
-    for name, (split, flags) in rows.items():
-        data_dir = a.last_dir if split == "last" else a.random_dir
-        r = run_row(data_dir, flags, work)
-        popularity.setdefault(split, r["metrics"]["popularity"])
-        out.append((name, split, " ".join(flags), r["metrics"]["test"], r["train_s"], r["wall_s"],
-                    r["best_rate"]))
-        print(f"{name}: top_10={r['metrics']['test']['top_10']:.4f} "
-              f"train {r['train_s']:.0f}s wall {r['wall_s']:.0f}s", file=sys.stderr, flush=True)
-    for split, m in reversed(popularity.items()):
-        out.insert(0, ("popularity", split, "", m, None, None, None))
-    text = table(out)
+    for name, row in rows.items():
+        data_dir = dirs[row.data]
+        if row.tutorial_epochs:
+            r = run_tutorial(data_dir, row.tutorial_epochs, work, exclude_seen)
+        else:
+            r = run_row(data_dir, row.flags, work, exclude_seen)
+        popularity.setdefault(row.data, popularity_metrics(r["metrics"]))
+        out.append({"name": name, "data": row.data, "chosen_on": row.chosen_on,
+                    "flags": " ".join(row.flags), "metrics": split_metrics(r["metrics"]),
+                    "train_s": r["train_s"], "wall_s": r["wall_s"], "best_rate": r["best_rate"]})
+        scores = " ".join(f"{s} top_10={m['top_10']:.4f}" for s, m in out[-1]["metrics"].items())
+        print(f"{name}: {scores} train {r['train_s']:.0f}s wall {r['wall_s']:.0f}s",
+              file=sys.stderr, flush=True)
+    pop = [{"name": "popularity", "data": d, "chosen_on": "-", "flags": "", "metrics": m,
+            "train_s": None, "wall_s": None, "best_rate": None} for d, m in popularity.items()]
+    return pop + out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--ml100k", action="store_true",
+                   help="real MovieLens 100K (recbole 1.2.1's copy, fetched into a cache, "
+                   "never committed), prepared by the Beam job with its defaults; its table first")
+    p.add_argument("--ml1m_synthetic", action="store_true",
+                   help="beam_jobs.synthetic's defaults (ML-1M shape) prepared by the Beam job")
+    p.add_argument("--last_dir", help="a data_dir made with --split=last")
+    p.add_argument("--random_dir", help="with --last_dir: one made with --split=random "
+                   "(the random-split row)")
+    p.add_argument("--tutorial_epochs", default="3,30",
+                   help="comma-separated epoch counts: one tutorial's-code row each")
+    p.add_argument("--exclude_seen", action="store_true",
+                   help="rank without each user's already-rated movies in every row")
+    p.add_argument("--row", action="append", default=[],
+                   help='extra trainer row "NAME=FLAG FLAG ..." on the last split')
+    p.add_argument("--only", action="append", default=[],
+                   help="run only these rows (a name, or the part before its comma)")
+    p.add_argument("--markdown", help="also write the tables to this file")
+    p.add_argument("--json", help="also write every row's numbers to this file")
+    p.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "seqrec-quality"),
+                   help="prepared data, the source snapshot and run outputs (reused)")
+    a = p.parse_args(argv)
+    try:
+        epochs = [int(n) for n in a.tutorial_epochs.split(",") if n.strip()]
+    except ValueError:
+        epochs = [0]
+    if any(n < 1 for n in epochs):
+        p.error(f"--tutorial_epochs={a.tutorial_epochs}: give positive integers, e.g. 3,30")
+    for flag, d in (("--last_dir", a.last_dir), ("--random_dir", a.random_dir)):
+        if d and not os.path.exists(os.path.join(d, schema.SUCCESS_FILE)):
+            p.error(f"{flag}={d}: no {schema.SUCCESS_FILE}; give a finished beam_jobs.pipeline "
+                    "output_dir")
+    if a.random_dir and not a.last_dir:
+        p.error("--random_dir needs --last_dir")
+    if not (a.ml100k or a.ml1m_synthetic or a.last_dir):
+        p.error("give --ml100k, --ml1m_synthetic and/or --last_dir")
+    rows = select_rows(epochs, a.row, a.only, bool(a.random_dir))
+    if not rows:
+        p.error(f"--only {a.only}: no such rows")
+    os.makedirs(a.work_dir, exist_ok=True)
+    work = os.path.abspath(a.work_dir)
+
+    data_sets = []  # real data first
+    if a.ml100k:
+        data_sets.append(("Real MovieLens 100K", {"last": prepare_ml100k(work)}))
+    if a.ml1m_synthetic:
+        data_sets.append(("Synthetic, ML-1M shape", {"last": prepare_synthetic(work)}))
+    if a.last_dir:
+        data_sets.append((a.last_dir, {"last": os.path.abspath(a.last_dir),
+                                       "random": a.random_dir and os.path.abspath(a.random_dir)}))
+    seen = "seen movies excluded" if a.exclude_seen else "nothing excluded"
+    texts, results = [], []
+    for title, dirs in data_sets:
+        print(f"== {title}", file=sys.stderr, flush=True)
+        out = run_data_set(dirs, rows, work, a.exclude_seen)
+        results.append({"data_set": title, "dirs": dirs, "exclude_seen": a.exclude_seen,
+                        "rows": out})
+        texts.append(f"### {title}\n\nEach metric: validation / test; full ranking, {seen}.\n\n"
+                     + table(out))
+    text = "\n\n".join(texts)
     print(text)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(text + "\n")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
