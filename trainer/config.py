@@ -35,6 +35,9 @@ NEGATIVES = ("global", "per_replica")
 # Keras dtype policies: float32 everywhere, or float32 variables with 16-bit
 # arithmetic (bfloat16: no loss scaling needed; float16: loss-scaled).
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+# The query tower's sequence encoder: the TFRS recipe's GRU, or SASRec-style
+# causal self-attention (trainer/transformer.py).
+QUERY_TOWERS = ("gru", "transformer")
 
 CONFIG_FILE = "config.json"
 
@@ -106,11 +109,24 @@ class ModelConfig:
 
     embedding_dim: int = option(96, "Embedding width (query output).", check=at_least(1),
                                 shape=True)
+    query_tower: str = option(
+        "gru", "Sequence encoder of the query tower: gru (the TFRS recipe) or transformer "
+        "(SASRec-style causal self-attention over the context, read at the last real movie).",
+        choices=QUERY_TOWERS, shape=True, before="gru")
+    transformer_blocks: int = option(
+        2, "Self-attention blocks of --query_tower=transformer.", check=at_least(1), shape=True)
+    transformer_heads: int = option(
+        2, "Attention heads of --query_tower=transformer (each ceil(embedding_dim / heads) "
+        "wide).", check=at_least(1), shape=True)
+    transformer_dropout: float = option(
+        0.2, "Dropout of --query_tower=transformer (embeddings, attention weights, block "
+        "outputs; training only).", check=fraction_below_one())
     gru_units: int = option(
-        32, "GRU width (0: --embedding_dim); other than the embedding width, a linear map "
+        32, "GRU width (--query_tower=gru) (0: --embedding_dim); other than the embedding width, a linear map "
         "projects the last GRU state to it.", check=at_least(0), shape=True, before=0)
     gru_layers: int = option(1, "Stacked GRU layers.", check=at_least(1), shape=True, before=1)
-    dropout: float = option(0.0, "Dropout in the query tower (training only).",
+    dropout: float = option(0.0, "Dropout in the GRU query tower (training only; the "
+                            "transformer's is --transformer_dropout).",
                             check=fraction_below_one())
     share_embeddings: bool = option(
         False, "One embedding table for context movies and candidates (weight tying).",
@@ -132,7 +148,16 @@ class ModelConfig:
         # keys): any change is refused rather than half-restored.
         choices=DTYPE_POLICIES, shape=True, before="float32")
 
-    __post_init__ = _validate
+    def __post_init__(self):
+        _validate(self)
+        if self.query_tower == "transformer":
+            # Refused rather than ignored: these two are the GRU tower's.
+            if not self.mask_padding:
+                raise ConfigError("--nomask_padding is for --query_tower=gru: the transformer "
+                                  "always masks padding, got --query_tower=transformer")
+            if self.dropout:
+                raise ConfigError(f"--dropout is for --query_tower=gru (use "
+                                  f"--transformer_dropout), got {self.dropout!r}")
 
     @property
     def query_units(self) -> int:
@@ -349,7 +374,7 @@ SHAPE_FIELDS_BEFORE = {name: f.metadata["before"] for name, (_, f) in OPTIONS.it
 # **TUTORIAL)`; on one device, or with negatives="per_replica" on several.
 TUTORIAL = {
     "epochs": 3, "global_batch_size": 12800, "learning_rate": 0.1, "embedding_dim": 32,
-    "gru_units": 0, "gru_layers": 1, "dropout": 0.0, "share_embeddings": False,
+    "query_tower": "gru", "gru_units": 0, "gru_layers": 1, "dropout": 0.0, "share_embeddings": False,
     "normalize": False, "last_movies": 0, "mask_padding": False,
     "temperature": 1.0, "negatives": "per_replica", "logq_correction": 0.0,
     "remove_accidental_hits": False, "uniform_negatives": 0, "popularity_prior": 0.0,

@@ -1,4 +1,5 @@
-"""The TFRS sequential retrieval model: a GRU query tower and an embedding candidate tower.
+"""The TFRS sequential retrieval model: a GRU (or causal self-attention) query tower and an
+embedding candidate tower.
 
 Recipe of the TFRS "sequential retrieval" tutorial: the query is the sequence of
 movies a user watched (oldest first, right-padded with 0), encoded by
@@ -7,7 +8,8 @@ lookup -> Embedding. Training maximises the score of the true next movie
 against the other movies of the batch (in-batch softmax, `tfrs.tasks.Retrieval`).
 Options beyond the tutorial (see build_towers): a skip connection from the last
 K context movies past the GRU, tied embedding tables, L2-normalised outputs,
-and a popularity prior added to the scores at inference only.
+a popularity prior added to the scores at inference only, and a SASRec-style
+transformer in place of the GRU (trainer/transformer.py; same head after it).
 
 Only `tf.keras` is used (tf_keras under TF_USE_LEGACY_KERAS=1): TFRS 0.7.7 is
 Keras 2 code, and a Keras 3 layer mixed in fails at fit time.
@@ -21,7 +23,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from beam_jobs import schema
-from trainer import losses
+from trainer import losses, transformer
 from trainer.config import LossConfig, ModelConfig
 
 
@@ -64,6 +66,12 @@ def build_towers(
       cfg: the towers' options (trainer/config.py ModelConfig: each option's help
         is its contract). Notes on some of them:
         embedding_dim d is the width of the embeddings and of the query output.
+        query_tower: the sequence encoder. "gru": lookup -> Embedding -> GRU,
+        its final state. "transformer": Embedding + positions -> causal
+        self-attention blocks (trainer/transformer.py), the output at the last
+        real movie (zeros [B, d] for a context of padding only), d wide. Both
+        continue into the same head (last_movies skip, projection, normalize,
+        prior).
         mask_padding masks the pad id (row 0) so the GRU skips padded steps;
         False embeds the pad like a movie, as the TFRS tutorial does.
         share_embeddings: one [V+2, d] table ("movie_embedding") embeds both the
@@ -108,30 +116,56 @@ def build_towers(
 
 def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll_gru: bool,
                  with_prior: bool):
-    """(query_model, the shared embedding table or None); see build_towers."""
-    embedding_dim, units = cfg.embedding_dim, cfg.query_units
+    """(query_model, the shared embedding table or None); see build_towers.
+
+    context ids -> lookup rows -> embeddings -> the sequence encoder
+    (cfg.query_tower) -> _query_head (skip, projection, float32, norm, prior)."""
     context = tf.keras.Input(shape=(context_length,), dtype=tf.int64, name=schema.CONTEXT_MOVIE_ID)
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
+    if cfg.query_tower == "transformer":
+        table, embedded, _ = _context_embedding(lookup, rows, cfg, dtype, keras_mask=False)
+        # Its own positions and attention masks (trainer/transformer.py); the
+        # query is the output at the last real movie (zeros for a context of
+        # padding only, like a GRU that saw no step).
+        sequence = transformer.causal_encoder(embedded, rows, context_length, cfg, dtype)
+        x = LastMovies(1, name="query_last_position", dtype=dtype)(sequence, rows)
+        width = cfg.embedding_dim
+    else:
+        table, embedded, mask = _context_embedding(lookup, rows, cfg, dtype,
+                                                   keras_mask=cfg.mask_padding)
+        x = _gru_encoder(embedded, mask, cfg, dtype, unroll_gru)
+        width = cfg.query_units
+    x = _query_head(x, width, embedded, rows, cfg, dtype, with_prior)
+    return tf.keras.Model(context, x, name="query_model"), table
+
+
+def _context_embedding(lookup, rows, cfg: ModelConfig, dtype, keras_mask: bool):
+    """(shared table or None, embeddings [B, L, e], explicit pad mask [B, L] or None).
+
+    keras_mask: the GRU skips padded steps (mask_padding). The transformer
+    builds its own attention masks from `rows`, so it asks for none.
+    """
     if cfg.share_embeddings:
         # No mask_zero on a shared table: the candidate tower's output would
         # carry a Keras mask. The GRU gets the same mask explicitly instead.
         table = tf.keras.layers.Embedding(
-            lookup.vocabulary_size(), embedding_dim, name="movie_embedding", dtype=dtype)
-        x = table(rows)
+            lookup.vocabulary_size(), cfg.embedding_dim, name="movie_embedding", dtype=dtype)
         mask = (tf.keras.layers.Lambda(lambda r: tf.not_equal(r, 0), name="pad_mask")(rows)
-                if cfg.mask_padding else None)
-    else:
-        # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
-        # final state is the state after the last real movie (contexts are
-        # right-padded, oldest first). Unmasked, a short context's state is the
-        # state after several "pad movie" steps, which blurs what came last.
-        table = None
-        x = tf.keras.layers.Embedding(
-            lookup.vocabulary_size(), embedding_dim, mask_zero=cfg.mask_padding, name="query_embedding",
-            dtype=dtype)(rows)
-        mask = None  # mask_zero carries it
-    embedded = x
+                if keras_mask else None)
+        return table, table(rows), mask
+    # Row 0 is the pad id: mask_zero makes the GRU skip padded steps, so its
+    # final state is the state after the last real movie (contexts are
+    # right-padded, oldest first). Unmasked, a short context's state is the
+    # state after several "pad movie" steps, which blurs what came last.
+    embedded = tf.keras.layers.Embedding(
+        lookup.vocabulary_size(), cfg.embedding_dim, mask_zero=keras_mask, name="query_embedding",
+        dtype=dtype)(rows)
+    return None, embedded, None  # mask_zero carries the mask
+
+
+def _gru_encoder(x, mask, cfg: ModelConfig, dtype, unroll_gru: bool):
+    """embeddings [B, L, e] -> the last GRU layer's final state [B, query_units]."""
     if cfg.dropout:
         x = tf.keras.layers.Dropout(cfg.dropout, name="query_embedding_dropout", dtype=dtype)(x)
     for i in range(cfg.gru_layers):
@@ -139,25 +173,32 @@ def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll
         # Layer names stay "query_gru" for one layer so older checkpoints and
         # tests that look the layer up keep working.
         name = "query_gru" if cfg.gru_layers == 1 else f"query_gru_{i}"
-        gru = tf.keras.layers.GRU(units, return_sequences=not last, name=name, unroll=unroll_gru,
-                                  dtype=dtype)
+        gru = tf.keras.layers.GRU(cfg.query_units, return_sequences=not last, name=name,
+                                  unroll=unroll_gru, dtype=dtype)
         # An explicit mask (shared table) is given to the first layer; Keras
         # propagates it to the next ones like an Embedding's mask_zero mask.
         x = gru(x, mask=mask) if (i == 0 and mask is not None) else gru(x)
         if cfg.dropout and not last:
             x = tf.keras.layers.Dropout(cfg.dropout, name=f"{name}_dropout", dtype=dtype)(x)
+    return x
+
+
+def _query_head(x, width: int, embedded, rows, cfg: ModelConfig, dtype, with_prior: bool):
+    """What both encoders share: encoder output [B, width] -> the query [B, d] ([B, d + 1]
+    with the prior): the last_movies skip, a projection to d where needed, float32,
+    normalize, the prior's column."""
     if cfg.last_movies:
         x = tf.keras.layers.Concatenate(name="query_state_and_last_movies", dtype=dtype)(
             [x, LastMovies(cfg.last_movies, name="last_movies", dtype=dtype)(embedded, rows)])
-    if units != embedding_dim or cfg.last_movies:
-        x = tf.keras.layers.Dense(embedding_dim, name="query_projection", dtype=dtype)(x)
+    if width != cfg.embedding_dim or cfg.last_movies:
+        x = tf.keras.layers.Dense(cfg.embedding_dim, name="query_projection", dtype=dtype)(x)
     # Normalisation and the prior column run in float32 (after this cast).
     x = _float32_output(x, dtype, "query_output")
     if cfg.normalize:
         x = tf.keras.layers.UnitNormalization(name="query_normalize")(x)
     if with_prior:
         x = InferenceOnes(name="query_prior_weight")(x)
-    return tf.keras.Model(context, x, name="query_model"), table
+    return x
 
 
 def _candidate_tower(movie_ids, cfg: ModelConfig, dtype, table, log_prior):
@@ -194,7 +235,7 @@ class LastMovies(tf.keras.layers.Layer):
         self.k = int(k)
 
     def call(self, embedded, rows):
-        length = tf.reduce_sum(tf.cast(tf.not_equal(rows, 0), tf.int32), axis=1)  # [B]
+        length = transformer.real_lengths(rows)  # [B]
         out = []
         for back in range(self.k):
             index = length - 1 - back  # [B]
