@@ -26,7 +26,8 @@ Wire layout of one example (deterministic serialization writes map entries sorte
 
     Example    = 0x0a len Features
     Features   = entry(context_movie_genre) entry(context_movie_id) entry(context_movie_rating)
-                 entry(context_movie_year) entry(label_movie_id)
+                 entry(context_movie_year) entry(label_movie_id) [entry(seen_movie_id)]
+                 (the last only in held-out examples: validation/, test/)
     entry(k)   = 0x0a len (0x0a len k  0x12 len Feature)
     Feature    = 0x0a len BytesList(0x0a len value ...)        bytes
                | 0x12 len FloatList(0x0a len packed f32 LE)    float
@@ -206,6 +207,7 @@ _ID = _entry_prefix(schema.CONTEXT_MOVIE_ID)
 _RATING = _entry_prefix(schema.CONTEXT_MOVIE_RATING)
 _YEARS = _entry_prefix(schema.CONTEXT_MOVIE_YEAR)
 _LABEL = _entry_prefix(schema.LABEL_MOVIE_ID)
+_SEEN = _entry_prefix(schema.SEEN_MOVIE_ID)
 _PAD_GENRE_PIECE = genre_piece(schema.PAD_GENRE.decode())
 
 
@@ -323,15 +325,21 @@ class ExampleEncoder:
         self.base = base[:8]
         self.sbase = sbase[:4]
 
-    def encode_framed(self, label_pos: np.ndarray, ctx_start: np.ndarray) -> np.ndarray:
+    def encode_framed(self, label_pos: np.ndarray, ctx_start: np.ndarray,
+                      seen: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The examples as consecutive TFRecords ([T] uint8, frame_records' layout).
 
         Args:
           label_pos: [E] index (into rows) of each example's label.
           ctx_start: [E] index of its first context movie (same timeline, >= label_pos - L).
+          seen: None (train examples: the features of schema.features()), or (ids [S],
+            offsets [E+1]): example e also carries schema.SEEN_MOVIE_ID =
+            ids[offsets[e]:offsets[e+1]] (non-empty, in the order given).
         """
         starts, lens = self._segments(label_pos, ctx_start)
-        return frame_records(self.pool, starts, lens)
+        if seen is None:
+            return frame_records(self.pool, starts, lens)
+        return frame_records(*_with_seen(self.pool, starts, lens, *seen))
 
     def _segments(self, label_pos: np.ndarray, ctx_start: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +381,50 @@ class ExampleEncoder:
             lb_hdr[2][lb_payload], lb_payload,
         ], axis=1)
         return starts, lens
+
+
+def _headers_for(fn, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Headers fn(n) of every n in `lengths`, built once per distinct n: (uint8 pool,
+    [E] offsets into it, [E] lengths)."""
+    uniq, inverse = np.unique(lengths, return_inverse=True)
+    parts = [fn(int(n)) for n in uniq]
+    plen = np.array([len(p) for p in parts], np.int64)
+    pool = np.frombuffer(b"".join(parts), np.uint8)
+    return pool, (np.cumsum(plen) - plen)[inverse], plen[inverse]
+
+
+def _with_seen(pool: np.ndarray, starts: np.ndarray, lens: np.ndarray, ids: np.ndarray,
+               offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adds a seen_movie_id entry to examples given as _segments (starts, lens [E, 15]).
+
+    The entry's key sorts after label_movie_id, so under deterministic serialization it
+    is the last entry: two segments (its header, its packed varints) appended to each
+    example, and the Example header (segment 0) rebuilt for the longer body. Seen lists
+    are as long as a user's history, beyond any precomputed header table: headers are
+    built per distinct length instead.
+    """
+    offsets = np.asarray(offsets, np.int64)
+    if len(offsets) != len(starts) + 1 or (np.diff(offsets) < 1).any():
+        raise ValueError("seen: one non-empty list of movie ids per example")
+    v, vlen = varint_matrix(ids)
+    stream = v[np.arange(_MAXV)[None, :] < vlen[:, None]]
+    voff = np.r_[0, np.cumsum(vlen)]
+    payload = voff[offsets[1:]] - voff[offsets[:-1]]
+    seen_hdr, seen_hdr_start, seen_hdr_len = _headers_for(
+        _packed_header(_SEEN, _INT64_LIST), payload)
+    features_len = lens[:, 1:].sum(axis=1) + seen_hdr_len + payload
+    ex_hdr, ex_hdr_start, ex_hdr_len = _headers_for(lambda n: b"\x0a" + varint(n),
+                                                    features_len)
+    b_stream = len(pool)
+    b_seen_hdr = b_stream + len(stream)
+    b_ex_hdr = b_seen_hdr + len(seen_hdr)
+    pool = np.concatenate([pool, stream, seen_hdr, ex_hdr])
+    starts = np.concatenate([(b_ex_hdr + ex_hdr_start)[:, None], starts[:, 1:],
+                             (b_seen_hdr + seen_hdr_start)[:, None],
+                             (b_stream + voff[offsets[:-1]])[:, None]], axis=1)
+    lens = np.concatenate([ex_hdr_len[:, None], lens[:, 1:], seen_hdr_len[:, None],
+                           payload[:, None]], axis=1)
+    return pool, starts, lens
 
 
 # ---------------------------------------------------------------- users/ records

@@ -44,8 +44,9 @@ class StrictParser(argparse.ArgumentParser):
 
 
 def _one_line(message: str) -> str:
-    """argparse's "argument --x: problem" as "--x: problem"."""
-    return re.sub(r"^argument (\S+): ", r"\1: ", message).replace("\n", " ")
+    """argparse's "argument --x: problem" (or "argument --x/--nox: problem", a bool
+    option's action) as "--x: problem"."""
+    return re.sub(r"^argument (\S+?)(?:/--no\S+)?: ", r"\1: ", message).replace("\n", " ")
 
 
 def prog(module: str) -> str:
@@ -212,7 +213,7 @@ def _converter(f: dataclasses.Field, kind: type):
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """Adds one --flag per field of the dataclass `cls`, declared with option(): same name,
     type, default, help, choices and check. A bool flag takes an optional value
-    (--overwrite, --overwrite=false)."""
+    (--overwrite, --overwrite=false) and has a negative spelling (--nooverwrite)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
@@ -221,13 +222,33 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {"type": _converter(f, kind), "help": help_text(f)}
         if f.metadata["choices"] is not None:
             kwargs["choices"] = f.metadata["choices"]
+        names = [f"--{f.name}"]
         if kind is bool:
-            kwargs.update(nargs="?", const=True)
+            kwargs.update(nargs="?", const=_NO_VALUE, action=_BoolAction)
+            names.append(f"--no{f.name}")
         if f.metadata["required_flag"]:
             kwargs["required"] = True
         else:
             kwargs["default"] = None if f.default is dataclasses.MISSING else f.default
-        parser.add_argument(f"--{f.name}", **kwargs)
+        parser.add_argument(*names, **kwargs)
+
+
+_NO_VALUE = object()  # a bool flag given without "=value"
+
+
+class _BoolAction(argparse.Action):
+    """A bool option's one action for --name, --name=true|false and --noname (absl's
+    spelling, as the trainer's flags take it): one declaration, one dest."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == f"--no{self.dest}":
+            if values is not _NO_VALUE:
+                raise argparse.ArgumentError(
+                    self, f"{option_string} takes no value (it means --{self.dest}=false)")
+            values = False
+        elif values is _NO_VALUE:
+            values = True
+        setattr(namespace, self.dest, values)
 
 
 DOWNLOADS = ("ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
@@ -264,6 +285,11 @@ class JobConfig:
     train_fraction: float = option(0.9, "Train share for --split=random (default {default}).",
                                    check=unit_interval())
     seed: int = option(42, "Seed of the random split hash (default {default}).")
+    validation: bool = option(
+        True, "With --split=last, write each user's second-to-last example to validation/ "
+        "(train/ keeps the rest); validation/ and test/ examples (any --split) carry "
+        "seen_movie_id. --novalidation writes the earlier two-split layout byte for byte "
+        "(default {default}).")
     num_shards: int = option(
         8, "Shards per split; users are assigned to shards by a stable hash (default "
         "{default}: enough files for 8 readers, few enough to stay large on ML-1M).",
@@ -305,7 +331,8 @@ def make_parser(prog: str = PROG) -> StrictParser:
     p = StrictParser(
         prog=prog,
         description="MovieLens ratings -> per-user timelines -> tf.train.Example shards "
-        "(train/, test/), vocab.tsv, metadata.json, errors/, _SUCCESS. Other flags must be "
+        "(train/, validation/, test/, users/), vocab.tsv, metadata.json, errors/, _SUCCESS. "
+        "Other flags must be "
         "Beam pipeline options (--runner, --project, --direct_num_workers, ...); anything "
         "else is refused, and no flag may be abbreviated.",
     )

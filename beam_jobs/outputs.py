@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import schema
+from beam_jobs import schema, timelines
 from beam_jobs.tfrecord import TMP_PREFIX, write_bytes
 
 COUNTER_NAMESPACE = "seqrec"
@@ -104,8 +104,8 @@ class MoviesStats(NamedTuple):
 
 class ShardResult(NamedTuple):
     """What one shard wrote. label_ids/label_counts: train label histogram ([k] int64).
-    files: {split: {"bytes", "sha256"}} of the files as written (train, test, users).
-    user_records: records in its users/ file."""
+    files: {split: {"bytes", "sha256"}} of the files as written (train, validation when
+    written, test, users). user_records: records in its users/ file."""
 
     shard: int
     name: str
@@ -117,6 +117,7 @@ class ShardResult(NamedTuple):
     label_counts: np.ndarray
     files: dict
     user_records: int = 0
+    validation_examples: int = 0
 
 
 class WrittenFile(NamedTuple):
@@ -208,7 +209,7 @@ _MAX_LISTED = 5  # mismatched files named in one error message
 def mismatches(output_dir: str, metadata: dict) -> list[str]:
     """What differs between output_dir and the files `metadata` lists (schema.listed_files):
     files missing, of another size or SHA-256 (read back in full), and files in train/,
-    test/ or errors/ that it does not list. [] when output_dir holds exactly them."""
+    validation/, test/, users/ or errors/ that it does not list. [] when output_dir holds exactly them."""
     expected = schema.listed_files(metadata)
     base = schema.join(output_dir, "")
     patterns = [schema.join(output_dir, d, "*")
@@ -335,6 +336,7 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
         "users": sum(r.users for r in results),
         "short_users_dropped": sum(r.short_users for r in results),
         "train_examples": sum(r.train_examples for r in results),
+        "validation_examples": sum(r.validation_examples for r in results),
         "test_examples": sum(r.test_examples for r in results),
         "user_records": sum(r.user_records for r in results),
         "movie_lines": movies.lines,
@@ -342,15 +344,18 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
         "movies_malformed": sum(movies.malformed.values()),
         "movies_malformed_by_reason": movies.malformed,
     }
-    if counts["train_examples"] + counts["test_examples"] == 0:
+    if counts["train_examples"] + counts["validation_examples"] + counts["test_examples"] == 0:
         raise BadInputError(
             f"{inputs.ratings}: no examples: {counts['kept_ratings']} ratings kept "
             f"(--min_rating={cfg.min_rating}) and no user has --min_timeline_length="
             f"{cfg.min_timeline_length} of them")
-    examples = {schema.TRAIN: [r.train_examples for r in results],
-                schema.TEST: [r.test_examples for r in results]}
-    # users/ is listed beside the training splits (schema.USERS); "shards" and
-    # "shard_examples" keep describing the training splits only, as readers expect.
+    # validation/ is listed (manifest, "shards", "shard_examples") only when this run wrote
+    # it (schema.example_splits); its count is always there, 0 when not written.
+    splits = (schema.EXAMPLE_SPLITS if timelines.writes_validation(cfg.split, cfg.validation)
+              else schema.SPLITS)
+    examples = {split: [getattr(r, f"{split}_examples") for r in results] for split in splits}
+    # users/ is listed beside the example splits (schema.USERS); "shards" and
+    # "shard_examples" keep describing the example splits only, as readers expect.
     errors = sorted(error_files)
     metadata = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -358,12 +363,12 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
         "input": {"format": inputs.format, "files": [inputs.ratings, inputs.movies],
                   "sha256": dict(sorted(sha256.items()))},
         "counts": counts,
-        "shards": {split: [r.name for r in results] for split in schema.SPLITS},
+        "shards": {split: [r.name for r in results] for split in splits},
         "shard_examples": examples,
         schema.MANIFEST: {
             **{split: [{"name": r.name, **r.files[split], "examples": n}
                        for r, n in zip(results, examples[split], strict=True)]
-               for split in schema.SPLITS},
+               for split in splits},
             schema.USERS: [{"name": r.name, **r.files[schema.USERS], "examples": r.user_records}
                            for r in results]},
         schema.FILES: {f.path: f.record for f in [vocab, *errors]},
@@ -389,7 +394,7 @@ def _finalize(cfg, inputs, movies, range_stats, shard_results, error_files, voca
 
 def leftover_patterns(output_dir: str) -> list[str]:
     """Where a run that did not finish leaves temporary files: the .tmp-<uuid>-<name> files
-    of tfrecord's writers (train/, test/, users/, errors/, the top level) and the top level's
+    of tfrecord's writers (train/, validation/, test/, users/, errors/, the top level) and the top level's
     write probe (_check_local_dir). On gs:// they are orphaned objects, matched by globs
     like train/*."""
     dirs = [output_dir] + [schema.join(output_dir, d)
@@ -455,6 +460,8 @@ def summary(output_dir: str) -> str | None:
         return None
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         c = json.loads(f.read())["counts"]
-    return (f"{output_dir}: {c['train_examples']} train / {c['test_examples']} test examples "
+    validation = c.get("validation_examples", 0)
+    held_out = (f"{validation} validation / " if validation else "") + f"{c['test_examples']}"
+    return (f"{output_dir}: {c['train_examples']} train / {held_out} test examples "
             f"from {c['users']} users ({c['lines']} rating lines, {c['malformed']} malformed, "
             f"{c['unknown_movie']} unknown movie; see errors/)")

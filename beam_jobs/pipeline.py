@@ -8,7 +8,8 @@ overhead, not parsing, dominated a per-line pipeline at 39-50 s for 1M ratings):
     ReadMovies:   movies file -> MoviesTable (side input) + set-aside lines
     ReadRatings:  byte ranges -> parse in bulk -> filter -> (shard, columns of that shard)
     BuildShards:  GroupByKey(shard) -> sort by (user, timestamp, movie) -> encode -> write
-                  train/ and test/ shard files (temp name, then rename)
+                  train/, validation/, test/ and users/ shard files (temp name, then
+                  rename)
     WriteErrors:  set-aside lines with file, line number and reason -> errors/
     WriteVocab:   movies + train label counts -> vocab.tsv
     Finalize:     counts -> bad-fraction check -> read back every file (sizes, SHA-256)
@@ -200,12 +201,14 @@ class _BuildShardFn(beam.DoFn):
         shard, chunks = element
         result = shards.write_shard(shard, [c for c in chunks if c is not None], self._cfg,
                                     movies.table)
-        for name in ("users", "short_users", "train_examples", "test_examples"):
+        for name in ("users", "short_users", "train_examples", "validation_examples",
+                     "test_examples"):
             beam.metrics.Metrics.counter(NS, name).inc(getattr(result, name))
         n = self._cfg.num_shards
         if _reported(shard, n):
-            _LOG.info("built shard %d/%d: %d users, %d train + %d test examples", shard + 1, n,
-                      result.users, result.train_examples, result.test_examples)
+            _LOG.info("built shard %d/%d: %d users, %d train + %d validation + %d test "
+                      "examples", shard + 1, n, result.users, result.train_examples,
+                      result.validation_examples, result.test_examples)
         yield result
 
 

@@ -5,8 +5,12 @@ or TensorFlow. docs/design.md ("Data contract") has the prose version.
 
 Layout of a finished `data_dir` (a local path or gs:// URI):
 
-    train/part-00000-of-00004.tfrecord.gz ...   tf.train.Example shards
-    test/part-00000-of-00001.tfrecord.gz ...
+    train/part-00000-of-00004.tfrecord.gz ...   tf.train.Example shards (features())
+    validation/part-00000-of-00004.tfrecord.gz  each user's second-to-last example, with
+                       SEEN_MOVIE_ID (HELD_OUT_FEATURES); only when the run wrote it
+                       (--split=last without --novalidation): see example_splits
+    test/part-00000-of-00004.tfrecord.gz ...    each user's last example (--split=last),
+                       with SEEN_MOVIE_ID unless --novalidation (has_seen_movie_ids)
     users/part-00000-of-00004.tfrecord.gz ...   one tf.train.Example per user (USER_FEATURES):
                        the input of batch recommendations (beam_jobs/recommend_all.py)
     vocab.tsv          every movie of movies.dat, most frequent (train split) first
@@ -22,7 +26,7 @@ runs of the same input and flags write the same bytes; files of runs that differ
 fail `check_success` or the manifest (trainer/data.py verifies every shard before
 training). A data_dir whose files are not all from one run is refused. The job
 checks the same before it writes _SUCCESS: `listed_files` is the complete list of
-what train/, test/, users/, errors/ and vocab.tsv must hold.
+what train/, validation/, test/, users/, errors/ and vocab.tsv must hold.
 
 Text: vocab.tsv and errors/*.tsv are UTF-8, one record per "\n"-terminated line,
 tab-separated, every text field written with `escape_field` (see there).
@@ -58,14 +62,22 @@ DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH = 10
 # Output names.
 TRAIN = "train"
 TEST = "test"
-# The training splits: what the trainer reads and verifies (trainer/data.py).
+# The example splits every data_dir has: what the trainer reads and verifies
+# (trainer/data.py).
 SPLITS = (TRAIN, TEST)
+# validation/: each user's second-to-last example (--split=last, the default). Optional:
+# data_dirs written before it existed, with --novalidation or with --split=random have
+# none, and their metadata.json lists none (example_splits, manifest_splits). Its
+# examples have the features of test/ (features() plus SEEN_MOVIE_ID).
+VALIDATION = "validation"
+# Every example split a run may write, in the order of a user's timeline.
+EXAMPLE_SPLITS = (TRAIN, VALIDATION, TEST)
 # users/: one record per user for batch recommendations. Not a training split: data_dirs
 # written before it existed have no users/ and still train; the trainer never reads it.
 USERS = "users"
-# Every shard directory a run may write, in manifest order. A manifest lists USERS only
-# when the run wrote it (manifest_splits).
-SHARD_DIRS = (*SPLITS, USERS)
+# Every shard directory a run may write, in manifest order. A manifest lists VALIDATION
+# and USERS only when the run wrote them (manifest_splits).
+SHARD_DIRS = (*EXAMPLE_SPLITS, USERS)
 # Features of a users/ record, in the wire order of deterministic serialization (keys
 # sorted): context_movie_id int64 [L] (the user's last L kept movies by (timestamp,
 # movie_id), oldest first, right-padded with PAD_MOVIE_ID), seen_movie_id int64 [n >= 1]
@@ -74,6 +86,15 @@ SHARD_DIRS = (*SPLITS, USERS)
 USER_ID = "user_id"
 SEEN_MOVIE_ID = "seen_movie_id"
 USER_FEATURES = (CONTEXT_MOVIE_ID, SEEN_MOVIE_ID, USER_ID)
+# Held-out examples (validation/ and test/; not train/) carry, besides features(),
+# seen_movie_id int64 [n >= 1], variable length (parse it with tf.io.VarLenFeature or
+# RaggedFeature): the movies of every rating ordered before the label in the user's
+# (timestamp, movie_id) timeline, ratings below --min_rating included (the same meaning as
+# users/ seen_movie_id: what excluding seen movies removes), ascending, no duplicates. A
+# MovieLens user rates a movie once, so the label is never among them (an input that
+# repeats a user's movie may list it). Runs with --novalidation and runs written before it
+# existed have none (has_seen_movie_ids).
+HELD_OUT_FEATURES = (SEEN_MOVIE_ID,)
 VOCAB_FILE = "vocab.tsv"
 # Header line of vocab.tsv. Titles and genres are written with escape_field.
 VOCAB_COLUMNS = ("movie_id", "count", "year", "title", "genres")
@@ -253,15 +274,31 @@ def file_record(data: bytes) -> dict:
 
 
 def manifest_splits(metadata: Mapping[str, Any]) -> tuple[str, ...]:
-    """The shard directories metadata.json's manifest lists: SPLITS, plus USERS when the
-    run wrote users/ (runs before it existed did not)."""
+    """The shard directories metadata.json's manifest lists: SPLITS, plus VALIDATION and
+    USERS when the run wrote them (runs before they existed did not)."""
     return tuple(s for s in SHARD_DIRS if s in SPLITS or s in metadata[MANIFEST])
+
+
+def example_splits(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """The example splits a run wrote, timeline order: (TRAIN, TEST), or (TRAIN,
+    VALIDATION, TEST) when its manifest lists validation/. Its count is then
+    counts["validation_examples"] (0 in runs of this version that wrote none; absent in
+    runs written before validation/ existed)."""
+    manifest = metadata.get(MANIFEST, {})
+    return tuple(s for s in EXAMPLE_SPLITS if s in SPLITS or s in manifest)
+
+
+def has_seen_movie_ids(metadata: Mapping[str, Any]) -> bool:
+    """Whether the held-out examples (validation/, test/) carry SEEN_MOVIE_ID: runs with
+    the "validation" flag on (the default; --split=random too, which writes no
+    validation/). False for --novalidation and for runs written before the flag existed."""
+    return bool(metadata.get("flags", {}).get("validation", False))
 
 
 def listed_files(metadata: Mapping[str, Any]) -> dict[str, dict]:
     """{path relative to the data_dir: {"bytes", "sha256"}} of every file metadata.json's
-    "manifest" (split/name) and "files" list: exactly what train/, test/, users/ (when
-    listed), errors/ and vocab.tsv of a complete data_dir hold, nothing more."""
+    "manifest" (split/name) and "files" list: exactly what train/, test/, validation/ and
+    users/ (when listed), errors/ and vocab.tsv of a complete data_dir hold, nothing more."""
     out = {}
     for split in manifest_splits(metadata):
         for entry in metadata[MANIFEST][split]:

@@ -1,8 +1,8 @@
 """The two heavy steps of the job as plain functions (the DoFns in pipeline.py are shells):
 
 parse_range: one byte range of the ratings file -> filtered columns split by output shard.
-write_shard: all columns of one shard -> ordered timelines -> train/, test/ and users/
-             shard files.
+write_shard: all columns of one shard -> ordered timelines -> train/, validation/ (when
+             written), test/ and users/ shard files.
 """
 from __future__ import annotations
 
@@ -122,13 +122,14 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
 
     Returns:
       label_pos, ctx_start: [E] row index of each example's label / first context movie.
-      last: [E] bool, the example is its user's last. position: [E] index in the timeline.
+      remaining: [E] examples after this one in its timeline (0: the user's last, 1: the
+      second-to-last). position: [E] index in the timeline.
       users, short: users kept / dropped for fewer than min_timeline_length ratings.
     """
     n = len(user)
     if n == 0:
         z = np.zeros(0, np.int64)
-        return z, z, z.astype(bool), z, 0, 0
+        return z, z, z, z, 0, 0
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     ends = np.r_[starts[1:], n]
     long = (ends - starts) >= min_timeline_length
@@ -137,17 +138,66 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
     label_pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum()) + 1
     user_start = np.repeat(starts, counts)
     ctx_start = np.maximum(user_start, label_pos - max_context_length)
-    last = label_pos == np.repeat(ends - 1, counts)
-    return (label_pos, ctx_start, last, label_pos - user_start, int(long.sum()),
+    remaining = np.repeat(ends - 1, counts) - label_pos
+    return (label_pos, ctx_start, remaining, label_pos - user_start, int(long.sum()),
             int((~long).sum()))
+
+
+def split_masks(user: np.ndarray, label_pos: np.ndarray, remaining: np.ndarray,
+                position: np.ndarray, cfg: JobConfig) -> dict[str, np.ndarray]:
+    """{split: [E] bool} of the examples (example_positions' arrays; `user` the rows'
+    users): timelines.split_of, vectorised for --split=last. Every example is in exactly
+    one split; VALIDATION is a key only when the run writes it."""
+    if cfg.split == "last":
+        test = remaining == 0
+        validation = remaining == 1
+    else:
+        test = ~np.array([
+            timelines.is_train(int(u), int(p), 0, "random", cfg.train_fraction, cfg.seed)
+            for u, p in zip(user[label_pos].tolist(), position.tolist(), strict=True)],
+            dtype=bool)
+        validation = np.zeros(len(label_pos), bool)
+    if not timelines.writes_validation(cfg.split, cfg.validation):
+        return {schema.TRAIN: ~test, schema.TEST: test}
+    return {schema.TRAIN: ~test & ~validation, schema.VALIDATION: validation, schema.TEST: test}
+
+
+def seen_before(all_user: np.ndarray, all_movie: np.ndarray, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The seen_movie_id lists of held-out examples (schema.HELD_OUT_FEATURES).
+
+    Args:
+      all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
+        sorted by user, then timeline order (timestamp, movie_id; rating last).
+      rows: [E] the row (into all_*) of each example's label.
+    Returns:
+      (ids [S] int64, offsets [E+1] int64): example e's seen movies are
+      ids[offsets[e]:offsets[e+1]], the distinct movies of its user's rows before rows[e],
+      ascending (non-empty for every example: its context is among them).
+    """
+    rows = np.asarray(rows, np.int64)
+    starts = np.flatnonzero(np.r_[True, all_user[1:] != all_user[:-1]]) if len(all_user) else (
+        np.zeros(0, np.int64))
+    first = starts[np.searchsorted(starts, rows, side="right") - 1] if len(rows) else rows
+    counts = rows - first
+    example = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+    # Row index of each (example, earlier rating) pair: first[e], first[e] + 1, ...
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
+                                                                       counts)
+    movie = all_movie[np.repeat(first, counts) + within].astype(np.int64)
+    pairs = np.sort(example << 32 | movie)
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    offsets = np.searchsorted(pairs >> 32, np.arange(len(rows) + 1), side="left")
+    return pairs & 0xFFFFFFFF, offsets.astype(np.int64)
 
 
 def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
                 movies: movielens.MoviesTable) -> ShardResult:
-    """Orders each user's ratings, encodes their examples and writes both split files of
-    shard `shard` (users ascending, then label position ascending), and its users/ file
-    (user_rows: one record per user, ascending). Ratings below cfg.min_rating count only
-    as seen movies."""
+    """Orders each user's ratings, encodes their examples and writes the split files of
+    shard `shard` (split_masks; users ascending, then label position ascending), and its
+    users/ file (user_rows: one record per user, ascending). Ratings below cfg.min_rating
+    count only as seen movies. Held-out examples (validation/, test/) carry seen_movie_id
+    (seen_before) unless --novalidation, which writes the layout of earlier versions."""
     if chunks:
         user = np.concatenate([c.user for c in chunks])
         movie = np.concatenate([c.movie for c in chunks])
@@ -164,26 +214,27 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     user, movie, rating = user[order], movie[order], rating[order]
     all_user, all_movie = user, movie  # every rated movie: users/ seen_movie_id
     kept = rating >= np.float32(cfg.min_rating)  # parse_range's test, on the same float32
+    kept_rows = np.flatnonzero(kept)  # kept row -> row of all_*
     user, movie, rating = user[kept], movie[kept], rating[kept]
-    label_pos, ctx_start, last, position, users, short = example_positions(
+    label_pos, ctx_start, remaining, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length)
-    if cfg.split == "last":
-        train_mask = ~last
-    else:
-        train_mask = np.array([
-            timelines.is_train(int(u), int(p), 0, "random", cfg.train_fraction, cfg.seed)
-            for u, p in zip(user[label_pos].tolist(), position.tolist(), strict=True)], dtype=bool)
+    masks = split_masks(user, label_pos, remaining, position, cfg)
     encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
                                              cfg.max_context_length,
                                              cfg.max_context_movie_genre_length)
     name = schema.shard_name(shard, cfg.num_shards, cfg.compression)
     counts, files = {}, {}
-    for split, mask in ((schema.TRAIN, train_mask), (schema.TEST, ~train_mask)):
+    for split, mask in masks.items():
         writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
         lp, cs = label_pos[mask], ctx_start[mask]
+        seen = (seen_before(all_user, all_movie, kept_rows[lp])
+                if cfg.validation and split != schema.TRAIN else None)
         for b in range(0, len(lp), BATCH_EXAMPLES):
-            framed = encoder.encode_framed(lp[b:b + BATCH_EXAMPLES], cs[b:b + BATCH_EXAMPLES])
-            writer.write_framed(framed, len(lp[b:b + BATCH_EXAMPLES]))
+            e = min(b + BATCH_EXAMPLES, len(lp))
+            batch_seen = None if seen is None else (
+                seen[0][seen[1][b]:seen[1][e]], seen[1][b:e + 1] - seen[1][b])
+            framed = encoder.encode_framed(lp[b:e], cs[b:e], batch_seen)
+            writer.write_framed(framed, e - b)
         writer.close()
         counts[split] = writer.count
         files[split] = {"bytes": writer.size, "sha256": writer.sha256}
@@ -197,10 +248,12 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
         writer.write_framed(framed, len(user_ids[b:b + BATCH_EXAMPLES]))
     writer.close()
     files[schema.USERS] = {"bytes": writer.size, "sha256": writer.sha256}
-    label_ids, label_counts = np.unique(movie[label_pos[train_mask]], return_counts=True)
+    # vocab.tsv counts train labels only: validation and test labels stay unseen.
+    label_ids, label_counts = np.unique(movie[label_pos[masks[schema.TRAIN]]],
+                                        return_counts=True)
     return ShardResult(shard, name, users, short, counts[schema.TRAIN], counts[schema.TEST],
                        label_ids.astype(np.int64), label_counts.astype(np.int64), files,
-                       writer.count)
+                       writer.count, counts.get(schema.VALIDATION, 0))
 
 
 def user_rows(user: np.ndarray, movie: np.ndarray, all_user: np.ndarray,

@@ -1,5 +1,5 @@
 """Pure functions of the data contract's rules: a title's year, a genre list, the shard of
-a user, the split of an example.
+a user, the split of an example (train, validation or test).
 
 No Beam, no TensorFlow: the job calls these per movie, user or example, tests call them
 directly. Timelines are ordered (by (timestamp, movie_id)) in beam_jobs/shards.py, and
@@ -50,3 +50,26 @@ def is_train(user_id: int, position: int, num_positions: int, split: str,
     if split == "random":
         return stable_u64("split", user_id, position, seed) < train_fraction * 2.0**64
     raise ValueError(f"split must be 'last' or 'random', got {split!r}")
+
+
+def writes_validation(split: str, validation: bool) -> bool:
+    """Whether a run writes validation/: --split=last with the validation flag on. The
+    random split is the reference's leaky protocol: it gets no validation split."""
+    return split == "last" and validation
+
+
+def split_of(user_id: int, position: int, num_positions: int, split: str, validation: bool,
+             train_fraction: float, seed: int) -> str:
+    """schema.TRAIN, VALIDATION or TEST of the example labelled by timeline `position`
+    (1..num_positions-1).
+
+    "last": the user's last example is test; with `validation`, the one before it
+    (position num_positions-2, when that is >= 1) is validation; the rest train. A
+    timeline of 3 ratings (2 examples) thus has no train example.
+    "random": is_train's draw; never validation.
+    """
+    if is_train(user_id, position, num_positions, split, train_fraction, seed):
+        if writes_validation(split, validation) and position == num_positions - 2:
+            return schema.VALIDATION
+        return schema.TRAIN
+    return schema.TEST

@@ -76,7 +76,8 @@ def test_pipeline_download_flag(server, tmp_path, monkeypatch, capsys):
     meta = util.read_metadata(out)
     assert meta["flags"]["download"] == "ml-latest-small"
     assert meta["input"]["files"][0] == str(tmp_path / "cache" / "ml-latest-small" / "ratings.dat")
-    assert meta["counts"]["train_examples"] == 1 and os.path.exists(
+    # The golden input: user 7's 2 examples are its validation and test examples.
+    assert meta["counts"]["validation_examples"] == 1 and os.path.exists(
         os.path.join(out, schema.SUCCESS_FILE))
     # A checksum mismatch stops the CLI before any pipeline with a message.
     monkeypatch.setitem(download.RELEASES, "ml-latest-small", (1, "0" * 64))

@@ -21,6 +21,9 @@ def _tf_example(f):
         schema.LABEL_MOVIE_ID: tf.train.Feature(
             int64_list=tf.train.Int64List(value=f[schema.LABEL_MOVIE_ID])),
     }
+    if schema.SEEN_MOVIE_ID in f:  # held-out examples
+        feature[schema.SEEN_MOVIE_ID] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=f[schema.SEEN_MOVIE_ID]))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -82,11 +85,16 @@ def _random_table(rng, size=300):
                                  [timelines.year_from_title(t) for t in titles])
 
 
-@pytest.mark.parametrize("L,G", [(10, 10), (3, 2), (1, 1), (20, 30)])
-def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G):
-    rng = np.random.default_rng(L * 100 + G)
+@pytest.mark.parametrize("L,G,seen", [(10, 10, False), (3, 2, False), (1, 1, False),
+                                      (20, 30, False), (10, 10, True), (1, 1, True)])
+def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen):
+    """seen: the examples also carry seen_movie_id (held-out examples), lists of 1 to
+    ~6,000 ids up to 400,000: 1- to 3-byte varints, entry and Example lengths past any
+    precomputed header table."""
+    rng = np.random.default_rng(L * 100 + G + 7 * seen)
     table = _random_table(rng)
     rows_all, ratings_all, label_pos, ctx_start, want = [], [], [], [], []
+    seen_ids, seen_offsets = [], [0]
     offset = 0
     for _user in range(25):
         n = int(rng.integers(2, 30))
@@ -97,6 +105,12 @@ def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G):
         years = table.years[rows].tolist()
         for i in range(1, n):
             f = util.example_features(ids, ratings.tolist(), years, genres, i, L, G)
+            if seen:
+                size = int(rng.choice([1, 2, 17, 300, 6000]))
+                f[schema.SEEN_MOVIE_ID] = np.sort(rng.choice(
+                    np.arange(1, 400000), size=size, replace=False)).tolist()
+                seen_ids.extend(f[schema.SEEN_MOVIE_ID])
+                seen_offsets.append(len(seen_ids))
             want.append(_tf_example(f).SerializeToString(deterministic=True))
             label_pos.append(offset + i)
             ctx_start.append(offset + max(0, i - L))
@@ -105,16 +119,34 @@ def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G):
         offset += n
     encoder = example_records.ExampleEncoder(
         np.concatenate(rows_all), np.concatenate(ratings_all), table.movie_bytes(), L, G)
+    seen_ids, seen_offsets = np.array(seen_ids, np.int64), np.array(seen_offsets, np.int64)
+
+    def batch_seen(a, b):  # as write_shard slices them
+        if not seen:
+            return None
+        return (seen_ids[seen_offsets[a]:seen_offsets[b]],
+                seen_offsets[a:b + 1] - seen_offsets[a])
+
     # As the job calls it: in batches, each batch framed.
     half = len(label_pos) // 2
     framed = b"".join(
-        encoder.encode_framed(np.array(label_pos[a:b]), np.array(ctx_start[a:b])).tobytes()
+        encoder.encode_framed(np.array(label_pos[a:b]), np.array(ctx_start[a:b]),
+                              batch_seen(a, b)).tobytes()
         for a, b in ((0, half), (half, len(label_pos))))
     got = _unframe(framed)
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"example {i}: {tf.train.Example.FromString(g)} != {w}"
     assert framed == _tf_written(tmp_path, want)
+
+
+def test_encoder_refuses_an_empty_seen_list():
+    table = _random_table(np.random.default_rng(0), size=5)
+    encoder = example_records.ExampleEncoder(np.array([0, 1, 2]), np.ones(3, np.float32),
+                                             table.movie_bytes(), 10, 10)
+    with pytest.raises(ValueError, match="non-empty"):
+        encoder.encode_framed(np.array([1, 2]), np.array([0, 0]),
+                              (np.array([7], np.int64), np.array([0, 1, 1])))
 
 
 def test_example_features_padding_and_genre_truncation():

@@ -31,11 +31,22 @@ def test_metadata_flags_are_pinned():
         "input_dir": "in", "min_rating": 2.0, "min_timeline_length": 3,
         "max_context_length": 10, "max_context_movie_genre_length": 10, "split": "last",
         "train_fraction": 0.9, "seed": 42, "num_shards": 8, "compression": "gzip",
-        "max_bad_fraction": 0.001, "download": None}
+        "max_bad_fraction": 0.001, "download": None, "validation": True}
     flags = options.parse_args(["--input_dir=in", "--output_dir=o", "--min_rating=3.5",
                                 "--overwrite", "--read_chunk_bytes=7"])[0].recorded_flags()
     assert flags["min_rating"] == 3.5 and type(flags["min_rating"]) is float
     assert "overwrite" not in flags and "read_chunk_bytes" not in flags
+
+
+@pytest.mark.parametrize("argv,value", [([], True), (["--validation"], True),
+                                        (["--validation=false"], False),
+                                        (["--novalidation"], False)])
+def test_bool_flags_take_the_negative_spelling(argv, value):
+    """--novalidation is absl's spelling of --validation=false (the trainer's flags take
+    it too); it takes no value."""
+    assert options.parse_args(["--input_dir=in", "--output_dir=o", *argv])[0].validation is value
+    with pytest.raises(FlagError, match="--novalidation takes no value"):
+        options.parse_args(["--input_dir=in", "--output_dir=o", "--novalidation=true"])
 
 
 @pytest.mark.parametrize("change,message", [

@@ -28,10 +28,11 @@ def test_golden_example(tmp_path, golden_input):
         genres flattened oldest first and cut at 4 -> [Animation, Children's, Comedy,
         Adventure]. The user's last example -> test (--split=last).
     User 9 keeps 2 ratings (< 3): dropped. Vocab counts train labels: movie 2 once.
+    --novalidation: the two-split layout (validation_split_test.py has the three-split one).
     """
     out = str(tmp_path / "out")
     result = util.run_job(golden_input, out, "--max_context_length=2", "--max_context_movie_genre_length=4",
-                  "--num_shards=3", "--compression=none")
+                  "--num_shards=3", "--compression=none", "--novalidation")
     assert util.read_split(out, schema.TRAIN) == [{
         "context_movie_id": [1, 0], "context_movie_rating": [5.0, 0.0],
         "context_movie_year": [1995, 0],
@@ -65,19 +66,23 @@ def test_golden_example(tmp_path, golden_input):
 
 
 def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3):
-    """The job's definition, written the slow obvious way from the raw files."""
+    """The job's definition (--split=last, validation on), written the slow obvious way
+    from the raw files: {split: [features]}, held-out examples with seen_movie_id (every
+    movie rated strictly before the label in (timestamp, movie_id) order, below-min
+    ratings included)."""
     with open(os.path.join(directory, "movies.dat"), encoding="latin-1") as f:
         movies = {}
         for line in f:
             mid, title, genres = line.rstrip("\n").split("::")
             movies[int(mid)] = (timelines.year_from_title(title), genres.split("|"))
-    by_user = collections.defaultdict(list)
+    by_user, rated = collections.defaultdict(list), collections.defaultdict(list)
     with open(os.path.join(directory, "ratings.dat")) as f:
         for line in f:
             u, m, r, t = (int(x) for x in line.split("::"))
+            rated[u].append((t, m))
             if r >= min_rating:
                 by_user[u].append((t, m, float(r)))
-    train, test = [], []
+    out = {schema.TRAIN: [], schema.VALIDATION: [], schema.TEST: []}
     for u in sorted(by_user):
         tl = sorted(by_user[u])
         if len(tl) < min_len:
@@ -87,8 +92,12 @@ def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3):
             f = util.example_features(
                 ids, [r for _, _, r in tl], [movies[m][0] for m in ids],
                 [movies[m][1] for m in ids], i, L, G)
-            (test if i == len(tl) - 1 else train).append(f)
-    return train, test
+            split = (schema.TEST if i == len(tl) - 1 else
+                     schema.VALIDATION if i == len(tl) - 2 else schema.TRAIN)
+            if split != schema.TRAIN:
+                f[schema.SEEN_MOVIE_ID] = sorted({m for t, m in rated[u] if (t, m) < tl[i][:2]})
+            out[split].append(f)
+    return out
 
 
 def _key(f):
@@ -98,12 +107,12 @@ def _key(f):
 def test_sample_matches_plain_python_definition(tmp_path):
     out = str(tmp_path / "out")
     result = util.run_job(util.SAMPLE, out, "--num_shards=4")
-    train, test = _expected_from_raw(util.SAMPLE)
-    got_train = util.read_split(out, schema.TRAIN)
-    got_test = util.read_split(out, schema.TEST)
-    assert len(got_train) == len(train) and len(got_test) == len(test) == 300
-    assert sorted(map(_key, got_train)) == sorted(map(_key, train))
-    assert sorted(map(_key, got_test)) == sorted(map(_key, test))
+    want = _expected_from_raw(util.SAMPLE)
+    train = want[schema.TRAIN]
+    assert len(want[schema.VALIDATION]) == len(want[schema.TEST]) == 300
+    for split, examples in want.items():
+        got = util.read_split(out, split, seen=split != schema.TRAIN)
+        assert sorted(map(_key, got)) == sorted(map(_key, examples)), split
     meta = util.read_metadata(out)
     assert meta["counts"]["lines"] == 33000
     assert meta["counts"]["train_examples"] == len(train)
@@ -189,8 +198,10 @@ def test_bad_lines_are_counted_and_set_aside(tmp_path):
         movielens.BLANK: 1, movielens.FIELD_COUNT: 1, movielens.NON_NUMERIC: 1,
         movielens.RATING_RANGE: 1, movielens.UNDECODABLE: 1}
     assert counts["movies_malformed"] == 1 and counts["bad_fraction"] == round(6 / 11, 9)
-    # User 1 keeps movies 1, 2, 3 (t=10, 15, 16); user 2 keeps movies 2, 3.
-    assert counts["users"] == 1 and counts["train_examples"] == 1
+    # User 1 keeps movies 1, 2, 3 (t=10, 15, 16); user 2 keeps movies 2, 3. User 1's two
+    # examples: validation (second-to-last) and test.
+    assert counts["users"] == 1 and counts["train_examples"] == 0
+    assert counts["validation_examples"] == counts["test_examples"] == 1
     c = util.counters(result)
     assert (c["malformed"], c["malformed_blank_line"], c["unknown_movie"],
             c["movies_malformed"]) == (5, 1, 1, 1)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from beam_jobs import shards
+from beam_jobs import schema, shards
 
 
 def test_columns_round_trip():
@@ -24,10 +24,10 @@ def test_columns_round_trip():
 def test_example_positions():
     # Users (sorted rows): 1 x4, 2 x2 (short, dropped at min length 3), 3 x3. Context 2.
     user = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
-    label, ctx, last, position, users, short = shards.example_positions(user, 3, 2)
+    label, ctx, remaining, position, users, short = shards.example_positions(user, 3, 2)
     assert label.tolist() == [1, 2, 3, 7, 8]
     assert ctx.tolist() == [0, 0, 1, 6, 6]           # max(user start, label - 2)
-    assert last.tolist() == [False, False, True, False, True]
+    assert remaining.tolist() == [2, 1, 0, 1, 0]     # examples after it: 0 = user's last
     assert position.tolist() == [1, 2, 3, 1, 2]
     assert (users, short) == (2, 1)
 
@@ -47,7 +47,8 @@ def test_shard_bytes_do_not_depend_on_chunk_order(tmp_path):
         cfg = JobConfig(input_dir="in", output_dir=str(tmp_path / str(i)), num_shards=1,
                         compression="none")
         result = shards.write_shard(0, chunks, cfg, table)
-        assert (result.train_examples, result.test_examples) == (2, 1)
-        with open(tmp_path / str(i) / "train" / result.name, "rb") as f:
-            outs.append(f.read())
+        assert (result.train_examples, result.validation_examples,
+                result.test_examples) == (1, 1, 1)
+        outs.append([(tmp_path / str(i) / split / result.name).read_bytes()
+                     for split in schema.SHARD_DIRS])
     assert outs[0] == outs[1]

@@ -74,9 +74,10 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
     s7 = shard_of_user(7, 3)
     with test_pipeline.TestPipeline() as p:
         movies = p | "Movies" >> beam.Create([outputs.MoviesStats(table, 4, {})])
-        # User 7's ratings arrive in two chunks (two byte ranges), out of order.
+        # User 7's ratings arrive in two chunks (two byte ranges), out of order. Timeline
+        # 1, 2, 3, 4: labels 2 train, 3 validation, 4 test.
         chunks = p | "Chunks" >> beam.Create([
-            (s7, _columns([7], [3], [4.0], [978300200])),
+            (s7, _columns([7, 7], [4, 3], [4.0, 4.0], [978300300, 978300200])),
             (s7, _columns([7, 7], [2, 1], [3.0, 5.0], [978300100, 978300100])),
         ])
         results = chunks | "BuildShards" >> pipeline.BuildShards(cfg, movies)
@@ -103,10 +104,11 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
             cfg, inputs, movies=movies, range_stats=range_stats, shard_results=results,
             error_files=error_files, vocab=vocab, sha256=sha)
         assert_that(meta | beam.Map(lambda m: (m["counts"]["train_examples"],
+                                               m["counts"]["validation_examples"],
                                                m["counts"]["test_examples"],
                                                m["counts"]["users"], m["errors"],
                                                sorted(schema.listed_files(m)))),
-                    equal_to([(1, 1, 1, {"movies.dat.tsv": 0, "ratings.dat.tsv": 2},
+                    equal_to([(1, 1, 1, 1, {"movies.dat.tsv": 0, "ratings.dat.tsv": 2},
                                sorted(["errors/movies.dat.tsv", "errors/ratings.dat.tsv",
                                        schema.VOCAB_FILE]
                                       + [f"{split}/{schema.shard_name(i, 3, 'none')}"
@@ -116,7 +118,8 @@ def test_build_shards_write_errors_vocab_finalize(tmp_path):
         assert f.read() == ("file\tline\treason\ttext\nin/ratings.dat\t3\tnon_numeric\t1::x\n"
                             "in/ratings.dat\t9\tblank_line\t\n")
     assert util.read_split(out, schema.TRAIN)[0]["context_movie_id"] == [1, 0]
-    assert util.read_split(out, schema.TEST)[0]["label_movie_id"] == [3]
+    assert util.read_split(out, schema.VALIDATION)[0]["label_movie_id"] == [3]
+    assert util.read_split(out, schema.TEST)[0]["label_movie_id"] == [4]
     assert sorted(os.listdir(out)) == sorted([schema.SUCCESS_FILE, schema.METADATA_FILE,
                                               schema.VOCAB_FILE, schema.ERRORS_DIR,
                                               *schema.SHARD_DIRS])

@@ -89,17 +89,23 @@ def example_features(movie_ids, ratings, years, genres, position, max_context_le
     }
 
 
-def feature_spec(metadata=None):
+def feature_spec(metadata=None, seen=False):
+    """The parse spec of schema.features() (FixedLenFeature), plus seen_movie_id as a
+    RaggedFeature when `seen` (held-out examples: schema.HELD_OUT_FEATURES)."""
     import tensorflow as tf
 
     features = schema.features_from_metadata(metadata) if metadata else schema.features()
     dtypes = {"int64": tf.int64, "float": tf.float32, "bytes": tf.string}
-    return {f.name: tf.io.FixedLenFeature([f.length], dtypes[f.dtype]) for f in features}
+    spec = {f.name: tf.io.FixedLenFeature([f.length], dtypes[f.dtype]) for f in features}
+    if seen:
+        spec[schema.SEEN_MOVIE_ID] = tf.io.RaggedFeature(tf.int64)
+    return spec
 
 
-def read_split(output_dir, split):
+def read_split(output_dir, split, seen=False):
     """Every example of a split, in shard order, as {name: list} (read with tf.data and
-    tf.io.parse_example, the way the trainer reads them)."""
+    tf.io.parse_example, the way the trainer reads them); with `seen`, seen_movie_id too
+    (a record without it then parses as [])."""
     import tensorflow as tf
 
     metadata = read_metadata(output_dir)
@@ -109,8 +115,8 @@ def read_split(output_dir, split):
     out = []
     for batch in ds.batch(4096):
         # One conversion per batch: per-example tensor indexing took 45 s on data/sample.
-        parsed = {k: v.numpy().tolist()
-                  for k, v in tf.io.parse_example(batch, feature_spec(metadata)).items()}
+        parsed = {k: (v.to_list() if isinstance(v, tf.RaggedTensor) else v.numpy().tolist())
+                  for k, v in tf.io.parse_example(batch, feature_spec(metadata, seen)).items()}
         out.extend(dict(zip(parsed, row, strict=True)) for row in zip(*parsed.values(),
                                                                       strict=True))
     return out
@@ -139,8 +145,8 @@ def data_dir_problems(files: dict[str, bytes]) -> list[str] | None:
 
     Returns:
       None when there is no _SUCCESS (an unfinished data_dir: readers refuse it); else the
-      problems, [] when _SUCCESS commits to metadata.json's bytes and train/, test/,
-      errors/ and vocab.tsv hold exactly the files metadata.json lists ("manifest" and
+      problems, [] when _SUCCESS commits to metadata.json's bytes and train/, validation/,
+      test/, errors/ and vocab.tsv hold exactly the files metadata.json lists ("manifest" and
       "files"), each with its size and SHA-256.
     """
     if schema.SUCCESS_FILE not in files:
@@ -153,9 +159,10 @@ def data_dir_problems(files: dict[str, bytes]) -> list[str] | None:
         return [str(e)]
     metadata = json.loads(metadata_bytes)
     expected = {f"{split}/{e['name']}": (e["bytes"], e["sha256"])
-                for split in schema.SPLITS for e in metadata[schema.MANIFEST][split]}
+                for split in schema.example_splits(metadata)
+                for e in metadata[schema.MANIFEST][split]}
     expected.update({path: (e["bytes"], e["sha256"]) for path, e in metadata["files"].items()})
-    present = {p for p in files if p.split("/")[0] in (*schema.SPLITS, schema.ERRORS_DIR)
+    present = {p for p in files if p.split("/")[0] in (*schema.EXAMPLE_SPLITS, schema.ERRORS_DIR)
                or p == schema.VOCAB_FILE}
     problems = [f"{p}: not listed" for p in sorted(present - set(expected))]
     for path, (size, sha) in sorted(expected.items()):
