@@ -89,6 +89,21 @@ def test_split_rule():
     assert draws == {schema.TRAIN, schema.TEST}  # the random split has no validation
 
 
+def test_metadata_written_before_validation_reads_as_two_splits():
+    """A data_dir's metadata.json from before validation/ existed: no "validation" flag, no
+    validation_examples count, no validation manifest entry."""
+    old = {"flags": {"split": "last"}, "counts": {"train_examples": 5, "test_examples": 2},
+           schema.MANIFEST: {schema.TRAIN: [], schema.TEST: [], schema.USERS: []}}
+    assert schema.example_splits(old) == schema.SPLITS
+    assert schema.manifest_splits(old) == (schema.TRAIN, schema.TEST, schema.USERS)
+    assert not schema.has_seen_movie_ids(old)
+    new = {**old, "flags": {"split": "last", "validation": True},
+           schema.MANIFEST: {**old[schema.MANIFEST], schema.VALIDATION: []}}
+    assert schema.example_splits(new) == (schema.TRAIN, schema.VALIDATION, schema.TEST)
+    assert schema.manifest_splits(new) == schema.SHARD_DIRS
+    assert schema.has_seen_movie_ids(new)
+
+
 def test_every_example_is_in_exactly_one_split(tmp_path):
     """On data/sample: validation holds each user's second-to-last example (one per user),
     and the three splits together are the two-split layout's examples, each once."""
