@@ -39,6 +39,10 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 # causal self-attention (trainer/transformer.py).
 QUERY_TOWERS = ("gru", "transformer")
 
+# auto: validation when the data_dir has that split (data_dirs written before it
+# existed, and --split=random ones, have only test).
+EVAL_SPLITS = ("auto", "validation", "test")
+
 CONFIG_FILE = "config.json"
 
 # Vertex AI custom training sets these (from the job's baseOutputDirectory); the
@@ -229,6 +233,15 @@ class TrainerConfig:
     eval_every_epoch: bool = option(True, "Evaluate after every epoch.")
     eval_exclude_context: bool = option(
         False, "Evaluation does not rank the movies of the query's own context.")
+    eval_exclude_seen: bool = option(
+        False, "Evaluation does not rank any movie the user rated before the label (the "
+        "examples' seen_movie_id; covers the context). Right when nobody consumes an item "
+        "twice (MovieLens: no movie is rated twice).")
+    eval_split: str = option(
+        "auto", "The split evaluated after every epoch (TensorBoard eval/, metrics.json while "
+        "training): validation (each user's second-to-last example), test (the last), or auto "
+        "(validation when the data_dir has one). Choose flags on validation; the run's end "
+        "also evaluates test, once.", choices=EVAL_SPLITS)
     export: bool = option(True, "Export a SavedModel at the end (see --export_dir).")
     export_k: int = option(100, "Recommendations per query in the export's signatures (at "
                            "most the vocabulary).", check=at_least(1))

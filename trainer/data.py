@@ -156,9 +156,9 @@ def load_data_dir(data_dir: str) -> DataInfo:
                 "one run of the Beam job. Rerun it into an empty --output_dir.")
         manifest = check_manifest(metadata, metadata_path)
         files = {split: [schema.join(data_dir, split, e["name"]) for e in manifest[split]]
-                 for split in schema.SPLITS}
+                 for split in _splits(metadata)}
         shard_examples = {schema.join(data_dir, split, e["name"]): e["examples"]
-                          for split in schema.SPLITS for e in manifest[split]}
+                          for split in files for e in manifest[split]}
         verify_shards(data_dir, manifest, metadata_path)
         _verify_vocab(vocab_bytes, vocab_path, metadata, metadata_path)
     else:
@@ -166,13 +166,12 @@ def load_data_dir(data_dir: str) -> DataInfo:
                         "its shards were not verified, and a truncated shard may go unnoticed. "
                         "Rerun beam_jobs.pipeline to have them checked.", metadata_path)
         files, shard_examples = _glob_shards(data_dir, metadata, metadata_path), {}
-    for split in schema.SPLITS:
+    for split in files:
         if not files[split]:
             raise DataError(f"{schema.join(data_dir, split, schema.SHARD_GLOB)}: no shards; "
                             f"the {split} split of {data_dir} is empty")
 
-    kinds = {"gzip" if f.endswith(".gz") else "none" for split in schema.SPLITS
-             for f in files[split]}
+    kinds = {"gzip" if f.endswith(".gz") else "none" for split in files for f in files[split]}
     if len(kinds) > 1:
         raise DataError(f"{data_dir}: mixed compressed and uncompressed shards")
     compression = metadata.get("flags", {}).get("compression", kinds.pop())
@@ -189,9 +188,53 @@ def load_data_dir(data_dir: str) -> DataInfo:
         compression=compression,
         files=files,
         num_examples={split: int(metadata["counts"].get(f"{split}_examples", 0))
-                      for split in schema.SPLITS},
+                      for split in files},
         shard_examples=shard_examples,
     )
+
+
+def _splits(metadata: dict) -> tuple[str, ...]:
+    """The example splits a data_dir has: train and test, and validation when its
+    manifest lists one (schema.example_splits)."""
+    return schema.example_splits(metadata) if isinstance(metadata.get(schema.MANIFEST), dict) \
+        else schema.SPLITS
+
+
+def eval_splits(info: DataInfo) -> tuple[str, ...]:
+    """The splits the end of a run evaluates: validation (when present), then test."""
+    return tuple(s for s in (schema.VALIDATION, schema.TEST) if s in info.files)
+
+
+def eval_split(info: DataInfo, choice: str) -> str:
+    """The split --eval_split=`choice` (auto, validation or test) evaluates after
+    every epoch.
+
+    Raises:
+      DataError: validation asked for, and the data_dir has none.
+    """
+    if choice == "auto":
+        return eval_splits(info)[0]
+    if choice not in info.files:
+        raise DataError(
+            f"--eval_split={choice}: {info.data_dir} has no {choice} split (written by a "
+            "beam_jobs.pipeline before validation splits existed, or with --split=random or "
+            "--novalidation); rerun it with --split=last, or pass --eval_split=test")
+    return choice
+
+
+def check_seen(info: DataInfo) -> None:
+    """Whether the evaluation splits' examples carry seen_movie_id, which
+    --eval_exclude_seen needs (schema.has_seen_movie_ids).
+
+    Raises:
+      DataError naming metadata.json when they do not.
+    """
+    if not schema.has_seen_movie_ids(info.metadata):
+        raise DataError(
+            f"--eval_exclude_seen: the examples of {info.data_dir} have no "
+            f"{schema.SEEN_MOVIE_ID} ({schema.METADATA_FILE}: written by a beam_jobs.pipeline "
+            "before the feature existed, or with --novalidation); rebuild the data_dir with the "
+            "current job")
 
 
 def _verify_vocab(vocab_bytes: bytes, vocab_path: str, metadata: dict,
@@ -244,7 +287,7 @@ def check_manifest(metadata: dict, metadata_path: str) -> dict:
     if not isinstance(manifest, dict):
         raise schema.SchemaError(f"{metadata_path}: {schema.MANIFEST!r} must map each split "
                                  "to its list of shards")
-    for split in schema.SPLITS:
+    for split in _splits(metadata):
         entries = manifest.get(split)
         if not isinstance(entries, list):
             raise schema.SchemaError(f"{metadata_path}: the manifest has no {split!r} list")
@@ -285,7 +328,7 @@ def verify_shards(data_dir: str, manifest: dict, metadata_path: str) -> None:
     """
     started, total_bytes, uris = time.monotonic(), 0, []
     rebuild = "rerun beam_jobs.pipeline into an empty --output_dir (or restore the file)"
-    for split in schema.SPLITS:
+    for split in _splits({schema.MANIFEST: manifest}):
         listed = {e["name"]: e for e in manifest[split]}
         found = {f.rsplit("/", 1)[-1] for f in
                  tf.io.gfile.glob(schema.join(data_dir, split, schema.SHARD_GLOB))}
@@ -320,22 +363,27 @@ def verify_shards(data_dir: str, manifest: dict, metadata_path: str) -> None:
                  total_bytes / 1e6, metadata_path, time.monotonic() - started)
 
 
-def feature_spec(context_length: int) -> dict:
-    """parse_example spec of the features the model reads.
+def feature_spec(context_length: int, seen: bool = False) -> dict:
+    """parse_example spec of the features the model reads (and, with `seen`, the
+    evaluation's seen_movie_id).
 
     The label is parsed as a SCALAR (shape []): a [B, 1] label would reach the
     candidate tower as [B, 1] and silently transpose TFRS's score matrix.
     """
-    return {
+    spec = {
         schema.CONTEXT_MOVIE_ID: tf.io.FixedLenFeature([context_length], tf.int64),
         schema.LABEL_MOVIE_ID: tf.io.FixedLenFeature([], tf.int64),
     }
+    if seen:
+        spec[schema.SEEN_MOVIE_ID] = tf.io.VarLenFeature(tf.int64)
+    return spec
 
 
-def parse_batch(serialized: tf.Tensor, context_length: int) -> dict:
+def parse_batch(serialized: tf.Tensor, context_length: int, seen: bool = False) -> dict:
     """Serialized tf.train.Example strings [B] -> {"context_movie_id": int64 [B, L],
-    "label_movie_id": int64 [B]}."""
-    return tf.io.parse_example(serialized, feature_spec(context_length))
+    "label_movie_id": int64 [B]}, plus "seen_movie_id" int64 SparseTensor [B, n]
+    with `seen`."""
+    return tf.io.parse_example(serialized, feature_spec(context_length, seen))
 
 
 def steps_per_epoch(info: DataInfo, global_batch_size: int) -> int:
@@ -462,9 +510,11 @@ def make_train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(info: DataInfo, batch_size: int, split: str = schema.TEST) -> tf.data.Dataset:
+def make_eval_dataset(info: DataInfo, batch_size: int, split: str = schema.TEST,
+                      seen: bool = False) -> tf.data.Dataset:
     """A split, once, in file order: feature dicts "context_movie_id" int64 [B, L],
-    "label_movie_id" int64 [B] (the last batch may be smaller).
+    "label_movie_id" int64 [B] (the last batch may be smaller), plus with `seen`
+    "seen_movie_id" int64 SparseTensor [B, n] (check_seen says whether the data has it).
 
     A pass that yields other than the split's example count (metadata.json)
     fails with FailedPreconditionError at its end (see reading_failed)."""
@@ -472,7 +522,7 @@ def make_eval_dataset(info: DataInfo, batch_size: int, split: str = schema.TEST)
         tf.constant(info.files[split]), compression_type=info.tf_compression
     ).apply(tf.data.experimental.assert_cardinality(info.num_examples[split]))
     ds = ds.batch(batch_size).map(
-        lambda x: parse_batch(x, info.context_length), num_parallel_calls=tf.data.AUTOTUNE
+        lambda x: parse_batch(x, info.context_length, seen), num_parallel_calls=tf.data.AUTOTUNE
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -504,7 +554,7 @@ def _gzip_complete(path: str) -> bool:
     return decompressor.eof
 
 
-def find_bad_shard(info: DataInfo, splits=schema.SPLITS) -> tuple[str, str] | None:
+def find_bad_shard(info: DataInfo, splits=None) -> tuple[str, str] | None:
     """Reads every shard to the end, one at a time, parsing each record.
 
     Returns:
@@ -514,7 +564,7 @@ def find_bad_shard(info: DataInfo, splits=schema.SPLITS) -> tuple[str, str] | No
     Used after reading a split failed or came up short: the interleaved
     stream's errors do not say which file is at fault.
     """
-    for split in splits:
+    for split in splits or info.files:
         for f in info.files[split]:
             ds = tf.data.TFRecordDataset(f, compression_type=info.tf_compression).batch(4096)
             ds = ds.map(lambda x: parse_batch(x, info.context_length))
@@ -569,7 +619,7 @@ def check_first_records(info: DataInfo) -> None:
     before training starts, naming the file. (Damage further inside a shard is
     caught while training; see find_bad_shard.)
     """
-    for split in schema.SPLITS:
+    for split in info.files:
         for f in info.files[split]:
             ds = tf.data.TFRecordDataset(f, compression_type=info.tf_compression).take(1).batch(1)
             try:

@@ -16,39 +16,68 @@ _NOT_PLOTTED = ("num_queries",)
 
 
 class Evaluator:
-    """Ranks the test split's labels among the whole vocabulary (chief only).
+    """Ranks the labels of the evaluation splits among the whole vocabulary (chief only).
 
-    Each call writes metrics.json ({"step", "test": {...}, "popularity": {...}})
-    and the eval/ summaries, and returns what it wrote. The popularity baseline
-    does not change while training: it is computed and plotted once.
+    After every epoch `__call__(model, step)` evaluates the one split chosen by
+    --eval_split (data.eval_split: validation when the data_dir has it); at the
+    run's end `__call__(model, step, final=True)` evaluates every evaluation split
+    the data_dir has (validation, test), so test is reported once per run. Each
+    call writes metrics.json ({"step", "eval_split", <split>: {...},
+    "popularity": {...}, ...}; the test split's popularity keeps the key
+    "popularity", validation's is "popularity_validation") and the eval/
+    summaries (<split>/top_10, ...), and returns what it wrote. A popularity
+    baseline does not change while training: each is computed and plotted once.
     """
 
     def __init__(self, info: data.DataInfo, cfg: TrainConfig, log: tf.summary.SummaryWriter):
         self.info, self.cfg, self.log = info, cfg, log
+        t = cfg.trainer
+        self.split = data.eval_split(info, t.eval_split)
+        self.splits = data.eval_splits(info)
+        self.exclude = {"exclude_context": t.eval_exclude_context,
+                        "exclude_seen": t.eval_exclude_seen}
+        if t.eval_exclude_seen:
+            data.check_seen(info)
         self.metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
-        self.dataset = data.make_eval_dataset(info, cfg.trainer.eval_batch_size)
-        self._popularity = None
+        self.datasets = {split: data.make_eval_dataset(info, t.eval_batch_size, split,
+                                                       seen=t.eval_exclude_seen)
+                         for split in self.splits}
+        self._popularity: dict[str, dict] = {}
 
-    def __call__(self, model, step: int) -> dict:
-        exclude = self.cfg.trainer.eval_exclude_context
-        first = self._popularity is None
-        if first:
-            self._popularity = evaluate.popularity_baseline(
-                self.dataset, self.info.movie_ids, self.info.counts, exclude_context=exclude)
-        test = evaluate.evaluate_retrieval(model.query_model, model.candidate_model,
-                                           self.dataset, self.info.movie_ids,
-                                           exclude_context=exclude)
-        results = {"step": step, "test": test, "popularity": self._popularity}
+    def __call__(self, model, step: int, final: bool = False) -> dict:
+        results = {"step": step, "eval_split": self.split}
+        for split in self.splits if final else (self.split,):
+            try:
+                results.update(self._evaluate(model, split, step))
+            except data.READ_ERRORS as e:
+                raise data.reading_failed(self.info, split, e, f"evaluation at step {step} "
+                                          "stopped (the checkpoint of that step is kept)") from None
         summaries.write_json(self.metrics_path, results)
+        return results
+
+    def _evaluate(self, model, split: str, step: int) -> dict:
+        """{split: metrics, popularity key: its baseline} of one split; plotted and logged."""
+        dataset, popularity_key = self.datasets[split], popularity_name(split)
+        out = {}
+        if split not in self._popularity:
+            self._popularity[split] = out[popularity_key] = evaluate.popularity_baseline(
+                dataset, self.info.movie_ids, self.info.counts, **self.exclude)
+        out[split] = evaluate.evaluate_retrieval(model.query_model, model.candidate_model,
+                                                 dataset, self.info.movie_ids, **self.exclude)
         with self.log.as_default():
-            for split, values in (("test", test), ("popularity", self._popularity)):
-                if split == "popularity" and not first:
-                    continue
+            for name, values in out.items():
                 for k, v in values.items():
                     if k not in _NOT_PLOTTED:
-                        summaries.scalar(f"{split}/{k}", v, step)
-        logging.info("Step %d test %s", step, summaries.fmt(test))
-        return results
+                        summaries.scalar(f"{name}/{k}", v, step)
+        logging.info("Step %d %s %s", step, split, summaries.fmt(out[split]))
+        # Every call's metrics.json carries the baselines computed so far.
+        return {**out, **{popularity_name(s): m for s, m in self._popularity.items()}}
+
+
+def popularity_name(split: str) -> str:
+    """metrics.json's key of a split's popularity baseline ("popularity": test's, as
+    before validation splits existed)."""
+    return "popularity" if split == schema.TEST else f"popularity_{split}"
 
 
 def export_savedmodel(model, info: data.DataInfo, cfg: TrainConfig, is_chief: bool) -> None:

@@ -33,8 +33,9 @@ from trainer.task import RetrievalTask
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Trains (or resumes) per `cfg`; returns {"step": N, "test": ..., "popularity": ...}
-    (what metrics.json holds).
+    """Trains (or resumes) per `cfg`; returns what metrics.json holds: {"step": N,
+    "eval_split": ..., "test": ..., "popularity": ...} plus "validation" and
+    "popularity_validation" when the data_dir has a validation split.
 
     Raises:
       preemption.Preempted (a SystemExit of status 75) after SIGTERM or SIGINT,
@@ -69,7 +70,7 @@ def run(cfg: TrainConfig) -> dict:
             summaries.write_json(schema.join(cfg.model_dir, CONFIG_FILE),
                                  json.loads(cfg.to_json()))
         results = _metrics(cfg)
-        if _already_done(cfg, step, total, results, restored):
+        if _already_done(cfg, step, total, results, restored, info):
             return results
 
         # Outputs of the loop: checkpoints, summaries, evaluation; and the vote
@@ -112,13 +113,14 @@ def run(cfg: TrainConfig) -> dict:
             _log_epoch(model, train_log, step, per_epoch,
                        _rate(step - t0_step, t.global_batch_size, t0))
             if evaluator and (t.eval_every_epoch or step == total):
-                results = _evaluate(evaluator, model, info, step)
+                results = evaluator(model, step, final=step == total)
             t0, t0_step = time.time(), step
 
-        # The end: evaluate if resumed exactly at the end, then export. (A signal
-        # from here on lets them finish: all training is checkpointed.)
-        if evaluator and results["step"] != step:
-            results = _evaluate(evaluator, model, info, step)
+        # The end: evaluate every evaluation split if not done at this step (resumed
+        # exactly at the end), then export. (A signal from here on lets them
+        # finish: all training is checkpointed.)
+        if evaluator and not _evaluated(results, step, info):
+            results = evaluator(model, step, final=True)
         if "popularity" in results:
             logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
         if t.export:
@@ -131,11 +133,12 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def _already_done(cfg: TrainConfig, step: int, total: int, results: dict,
-                  restored: str | None) -> bool:
-    """Trained to the end, metrics.json is of this step and the export holds its
-    weights (a run stopped in its final evaluation or export does them again)."""
+                  restored: str | None, info: data.DataInfo) -> bool:
+    """Trained to the end, metrics.json is of this step's final evaluation and the
+    export holds its weights (a run stopped in its final evaluation or export does
+    them again)."""
     t = cfg.trainer
-    if not (step >= total and results["step"] == step
+    if not (step >= total and _evaluated(results, step, info)
             and (not t.export or _exported_after(cfg, restored))):
         return False
     logging.info("Already trained: step %d >= %d (--epochs=%d); not training again", step,
@@ -161,6 +164,9 @@ def prepare(cfg: TrainConfig) -> data.DataInfo:
         storage.preflight(cfg.data_dir, need_write=False, flag="data_dir")
     info = data.load_data_dir(cfg.data_dir)
     data.check_sizes(info, cfg.trainer.global_batch_size)
+    data.eval_split(info, cfg.trainer.eval_split)
+    if cfg.trainer.eval_exclude_seen:
+        data.check_seen(info)
     for flag in ("model_dir", "checkpoint_dir", "tensorboard_dir", "export_dir"):
         if flag == "model_dir" or getattr(cfg, flag):  # the others default beneath it
             storage.preflight(getattr(cfg, flag), need_write=True, flag=flag)
@@ -179,13 +185,10 @@ def _step(train_step, iterator, info: data.DataInfo, step: int) -> float:
                                   "the last checkpoint is kept") from None
 
 
-def _evaluate(evaluator: hooks.Evaluator, model, info: data.DataInfo, step: int) -> dict:
-    """evaluator(model, step), a damaged or short test split named like in _step."""
-    try:
-        return evaluator(model, step)
-    except data.READ_ERRORS as e:
-        raise data.reading_failed(info, schema.TEST, e, f"evaluation at step {step} stopped "
-                                  "(the checkpoint of that step is kept)") from None
+def _evaluated(results: dict, step: int, info: data.DataInfo) -> bool:
+    """Whether metrics.json holds the final evaluation of `step`: every evaluation
+    split the data_dir has (after the last epoch), not just the per-epoch one."""
+    return results["step"] == step and all(s in results for s in data.eval_splits(info))
 
 
 def _stopped(signals: preemption.StopSignals, step: int, strategy, writer: checkpoints.Writer,
