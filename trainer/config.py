@@ -145,6 +145,11 @@ class ModelConfig:
     popularity_prior: float = option(
         1.0, "Weight b of b * log(label share) added to every score at inference "
         "(evaluation, export); 0: off.", check=at_least(0))
+    movie_features: bool = option(
+        False, "Add each movie's content to its embedding in both towers: learned genre "
+        "vectors (averaged over its genres) and a release-year bucket vector, read from "
+        "vocab.tsv by id (the examples' context_movie_genre/_year are the same values), so "
+        "serving still takes ids only.", shape=True, before=False)
     dtype_policy: str = option(
         "float32", "Keras dtype policy of the towers: mixed_bfloat16 / mixed_float16 compute "
         "in 16 bits (GPU tensor cores; bfloat16 also on CPUs with AVX512-BF16).",

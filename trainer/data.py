@@ -59,6 +59,8 @@ class DataInfo:
       num_examples: split name -> example count (metadata counts).
       shard_examples: shard URI -> its example count, from metadata.json's
         manifest; empty for a data_dir written before manifests (unverified).
+      years, genres: each movie's release year (0: unknown) and "|"-separated
+        genres, aligned with `movie_ids` (vocab.tsv).
     """
 
     data_dir: str
@@ -70,6 +72,8 @@ class DataInfo:
     files: dict
     num_examples: dict
     shard_examples: dict = dataclasses.field(default_factory=dict)
+    years: tuple[int, ...] = ()
+    genres: tuple[str, ...] = ()
 
     @property
     def tf_compression(self) -> str:
@@ -190,6 +194,8 @@ def load_data_dir(data_dir: str) -> DataInfo:
         num_examples={split: int(metadata["counts"].get(f"{split}_examples", 0))
                       for split in files},
         shard_examples=shard_examples,
+        years=tuple(r["year"] for r in rows),
+        genres=tuple(r["genres"] for r in rows),
     )
 
 

@@ -25,6 +25,7 @@ import tensorflow_recommenders as tfrs
 from beam_jobs import schema
 from trainer import losses, transformer
 from trainer.config import LossConfig, ModelConfig
+from trainer.content import ContentEmbedding, MovieContent
 
 
 def _lookup(movie_ids: Sequence[int], name: str) -> tf.keras.layers.IntegerLookup:
@@ -55,6 +56,7 @@ def build_towers(
     cfg: ModelConfig,
     *,
     log_prior: Sequence[float] | None = None,
+    content: MovieContent | None = None,
     unroll_gru: bool | None = None,
 ) -> tuple[tf.keras.Model, tf.keras.Model]:
     """Builds the two towers that `cfg` describes. Call inside `strategy.scope()`
@@ -108,14 +110,31 @@ def build_towers(
     if unroll_gru is None:
         unroll_gru = not tf.config.list_logical_devices("GPU")
     dtype = tf.keras.mixed_precision.Policy(cfg.dtype_policy)
+    contents = _content_layers(content, cfg, dtype, len(movie_ids))
     query_model, shared_table = _query_tower(movie_ids, context_length, cfg, dtype, unroll_gru,
-                                             with_prior=log_prior is not None)
-    candidate_model = _candidate_tower(movie_ids, cfg, dtype, shared_table, log_prior)
+                                             with_prior=log_prior is not None,
+                                             content=contents[0])
+    candidate_model = _candidate_tower(movie_ids, cfg, dtype, shared_table, log_prior,
+                                       content=contents[1])
     return query_model, candidate_model
 
 
+def _content_layers(content: MovieContent | None, cfg: ModelConfig, dtype, vocab_size: int):
+    """(query tower's, candidate tower's) ContentEmbedding, one layer for both with
+    share_embeddings; (None, None) without movie_features."""
+    if not cfg.movie_features:
+        return None, None
+    if content is None or content.year_buckets.size != vocab_size + 2:
+        raise ValueError("movie_features needs the vocabulary's MovieContent (content=)")
+    if cfg.share_embeddings:
+        shared = ContentEmbedding(content, cfg.embedding_dim, name="movie_content", dtype=dtype)
+        return shared, shared
+    return (ContentEmbedding(content, cfg.embedding_dim, name="query_content", dtype=dtype),
+            ContentEmbedding(content, cfg.embedding_dim, name="candidate_content", dtype=dtype))
+
+
 def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll_gru: bool,
-                 with_prior: bool):
+                 with_prior: bool, content=None):
     """(query_model, the shared embedding table or None); see build_towers.
 
     context ids -> lookup rows -> embeddings -> the sequence encoder
@@ -124,7 +143,8 @@ def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll
     lookup = _lookup(movie_ids, "query_lookup")
     rows = lookup(context)
     if cfg.query_tower == "transformer":
-        table, embedded, _ = _context_embedding(lookup, rows, cfg, dtype, keras_mask=False)
+        table, embedded, _ = _context_embedding(lookup, rows, cfg, dtype, keras_mask=False,
+                                                content=content)
         # Its own positions and attention masks (trainer/transformer.py); the
         # query is the output at the last real movie (zeros for a context of
         # padding only, like a GRU that saw no step).
@@ -133,19 +153,30 @@ def _query_tower(movie_ids, context_length: int, cfg: ModelConfig, dtype, unroll
         width = cfg.embedding_dim
     else:
         table, embedded, mask = _context_embedding(lookup, rows, cfg, dtype,
-                                                   keras_mask=cfg.mask_padding)
+                                                   keras_mask=cfg.mask_padding, content=content)
         x = _gru_encoder(embedded, mask, cfg, dtype, unroll_gru)
         width = cfg.query_units
     x = _query_head(x, width, embedded, rows, cfg, dtype, with_prior)
     return tf.keras.Model(context, x, name="query_model"), table
 
 
-def _context_embedding(lookup, rows, cfg: ModelConfig, dtype, keras_mask: bool):
+def _context_embedding(lookup, rows, cfg: ModelConfig, dtype, keras_mask: bool, content=None):
     """(shared table or None, embeddings [B, L, e], explicit pad mask [B, L] or None).
 
     keras_mask: the GRU skips padded steps (mask_padding). The transformer
     builds its own attention masks from `rows`, so it asks for none.
+    content: a ContentEmbedding added to each movie's embedding (movie_features).
     """
+    table, embedded, mask = _id_embedding(lookup, rows, cfg, dtype, keras_mask)
+    if content is not None:
+        # Add keeps the Embedding's mask_zero mask (a merge of one mask and none).
+        embedded = tf.keras.layers.Add(name="query_embedding_and_content", dtype=dtype)(
+            [embedded, content(rows)])
+    return table, embedded, mask
+
+
+def _id_embedding(lookup, rows, cfg: ModelConfig, dtype, keras_mask: bool):
+    """_context_embedding without content."""
     if cfg.share_embeddings:
         # No mask_zero on a shared table: the candidate tower's output would
         # carry a Keras mask. The GRU gets the same mask explicitly instead.
@@ -201,15 +232,20 @@ def _query_head(x, width: int, embedded, rows, cfg: ModelConfig, dtype, with_pri
     return x
 
 
-def _candidate_tower(movie_ids, cfg: ModelConfig, dtype, table, log_prior):
-    """The candidate model, embedding with `table` when the towers share one."""
+def _candidate_tower(movie_ids, cfg: ModelConfig, dtype, table, log_prior, content=None):
+    """The candidate model, embedding with `table` when the towers share one, plus
+    `content` (a ContentEmbedding) with movie_features."""
     movie = tf.keras.Input(shape=(), dtype=tf.int64, name=schema.LABEL_MOVIE_ID)
     lookup = _lookup(movie_ids, "candidate_lookup")
     rows = lookup(movie)
     if table is None:
         table = tf.keras.layers.Embedding(
             lookup.vocabulary_size(), cfg.embedding_dim, name="candidate_embedding", dtype=dtype)
-    candidate = _float32_output(table(rows), dtype, "candidate_output")
+    candidate = table(rows)
+    if content is not None:
+        candidate = tf.keras.layers.Add(name="candidate_embedding_and_content", dtype=dtype)(
+            [candidate, content(rows)])
+    candidate = _float32_output(candidate, dtype, "candidate_output")
     if cfg.normalize:
         candidate = tf.keras.layers.UnitNormalization(name="candidate_normalize")(candidate)
     if log_prior is not None:

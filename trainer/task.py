@@ -12,6 +12,7 @@ from beam_jobs import schema
 from trainer import data
 from trainer import model as model_lib
 from trainer.config import OptimizerConfig, TrainConfig
+from trainer.content import MovieContent
 from trainer.schedules import WarmupDecay
 
 
@@ -78,7 +79,9 @@ class RetrievalTask:
             query_model, candidate_model = model_lib.build_towers(
                 info.movie_ids, info.context_length, cfg.model,
                 log_prior=(model_lib.popularity_log_prior(
-                    info.counts, prior * cfg.loss.temperature) if prior else None))
+                    info.counts, prior * cfg.loss.temperature) if prior else None),
+                content=(MovieContent.from_vocab(info.years, info.genres)
+                         if cfg.model.movie_features else None))
             probability = (
                 model_lib.sampling_probabilities(info.counts, cfg.loss.logq_correction)
                 if cfg.loss.logq_correction else None)
