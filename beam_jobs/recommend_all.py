@@ -32,14 +32,24 @@ How: RunInference with KeyedModelHandler(SavedModelHandler) (a Beam ModelHandler
 loads the SavedModel once per worker process and calls run_inference per batch of
 --batch_size users, batches cut in users/ file order and keyed (shard, batch): see
 read_users_shard for why), then one GroupByKey per users/ shard into its Parquet file.
-Beam's TFModelHandlerTensor cannot be used as it stands: it loads with
-tf.keras.models.load_model (this export is a tf.Module, not a Keras model) and its module
-imports tensorflow_hub at import time, which the environment does not have.
+Why not Beam's own TFModelHandlerTensor (checked on Beam 2.77,
+apache_beam/ml/inference/tensorflow_inference.py): that module imports tensorflow_hub
+when it is imported (not installed here: ModuleNotFoundError), and the handler loads
+models with tf.keras.models.load_model(hub.resolve(uri)), which refuses this export
+("lacks the TF-Keras metadata file": trainer/export.py saves a plain tf.Module with
+tf.saved_model.save, which keeps it portable). Its inference calls the model itself, not
+a named signature.
 
-TensorFlow is imported only inside SavedModelHandler's methods: the prep job's workers
-(beam_jobs.pipeline) never import this module, and this one's flag parsing, checks and
-pipeline construction do not need TensorFlow either. Workers running it need the
-`recommend` extra (TensorFlow).
+TensorFlow is imported only inside SavedModelHandler (import_tensorflow): the prep job's
+workers (beam_jobs.pipeline) never import this module, and this one's flag parsing, checks
+and pipeline construction do not need TensorFlow either. Workers running it need the
+`recommend` extra (TensorFlow; infra/dataflow/launch_recommend.py installs it on Dataflow).
+At verbosity 0 that import is quiet in every process that loads the model, workers
+included: the handler carries the verbosity (import_tensorflow says what is dropped).
+
+Locally (no --runner, or DirectRunner) the pipeline runs on Beam's FnApiRunner: what
+Beam 2.77's DirectRunner runs it on here, but without first trying the Prism runner,
+which downloads a binary from GitHub at every start (local_runner).
 
 Bad input (exit status 2, one line naming the flag or path, before the pipeline starts):
 unknown, abbreviated or bad flags; neither or both of --model_dir/--export_dir; no
@@ -59,6 +69,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -67,12 +78,27 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference import base as _inference_base
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from beam_jobs import options, outputs, pipeline, schema
 from beam_jobs.options import FlagError, at_least, option
 from beam_jobs.tfrecord import write_bytes
+
+# Beam 2.77's ml/inference/base.py imports `resource` in one try block with its
+# ModelManager, which needs torch: without torch, `resource` is None there, and every
+# model load logs "Resource module is not available for current platform, memory usage
+# cannot be fetched." twice (a WARNING; the module is there) and records 0 bytes. Give it
+# the module it meant to import: every process that unpickles the handler imports this
+# module first, Dataflow workers included.
+if getattr(_inference_base, "resource", False) is None:
+    try:
+        import resource as _resource
+    except ImportError:  # a platform without it: Beam's warning is then true
+        pass
+    else:
+        _inference_base.resource = _resource
 
 _LOG = logging.getLogger("beam_jobs.recommend_all")
 PROG = "python -m beam_jobs.recommend_all"
@@ -293,24 +319,69 @@ class _Loaded:
     row_of_movie: np.ndarray  # movie id -> candidate row, -1 when not a candidate
 
 
+# Lines TensorFlow's native libraries print while they load, before their logging is set
+# up (so TF_CPP_MIN_LOG_LEVEL cannot reach them): the absl banner, oneDNN's notice, and "no
+# cuda drivers" on a GPU-less host. trainer/console.py drops the same lines for the trainer;
+# this package may not import it (the import direction is trainer -> beam_jobs only).
+_TF_IMPORT_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|port\.cc:\d+\] oneDNN custom operations are on"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers")
+
+
+def import_tensorflow(verbosity: int):
+    """`import tensorflow` for the handler, in whichever process loads the model (a
+    Dataflow worker inherits neither the launcher's environment nor its logging):
+
+    - TF_USE_LEGACY_KERAS=1 (unless set), as the exporter ran: the export's Keras layers
+      are revived by tf-keras, not Keras 3;
+    - verbosity 0: TF_CPP_MIN_LOG_LEVEL=3 (unless set; TF's C++ INFO/WARNING lines and
+      "errors" that are not ours, such as cuInit failing on a GPU-less host), and file
+      descriptor 2 captured during the import, every captured line re-printed but the
+      _TF_IMPORT_NOISE ones. Verbosity >= 1 changes neither.
+
+    Returns the tensorflow module.
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    if verbosity > 0 or "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            sys.stderr.write("".join(line for line in text.splitlines(keepends=True)
+                                     if not _TF_IMPORT_NOISE.search(line)))
+            sys.stderr.flush()
+    return tf
+
+
 class SavedModelHandler(ModelHandler):
     """RunInference handler: a batch of serialized users/ examples -> BatchRecs (wrapped
     in KeyedModelHandler to carry the batch's (shard, batch) key).
 
     load_model: tf.saved_model.load(export_dir) (once per worker process, by RunInference),
-    plus its candidates. run_inference: one call of the export's query_embedding on the
-    whole batch, one [B, V] score matmul, seen movies set to -inf when asked, top-k.
+    plus its candidates; TensorFlow imported by import_tensorflow(verbosity). run_inference:
+    one call of the export's query_embedding on the whole batch, one [B, V] score matmul,
+    seen movies set to -inf when asked, top-k.
     """
 
-    def __init__(self, export_dir: str, k: int, exclude_seen: bool):
+    def __init__(self, export_dir: str, k: int, exclude_seen: bool, verbosity: int = 0):
         super().__init__()
         self._export_dir, self._k, self._exclude = export_dir, k, exclude_seen
+        self._verbosity = verbosity
 
     def load_model(self) -> _Loaded:
-        import tensorflow as tf
-
-        import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads Keras)
-
+        tf = import_tensorflow(self._verbosity)
         loaded = tf.saved_model.load(self._export_dir)
         cands = loaded.signatures["candidates"]()
         ids = cands["movie_ids"].numpy()
@@ -437,10 +508,11 @@ def finalize(_, cfg: RecommendConfig, export_dir: str, users: UsersInput,
 
 
 def build(pipeline: beam.Pipeline, cfg: RecommendConfig, export_dir: str,
-          users: UsersInput) -> beam.PCollection:
+          users: UsersInput, verbosity: int = 0) -> beam.PCollection:
     """Adds the job to `pipeline`; returns the metadata dict's PCollection."""
     n = len(users.shards)
-    handler = KeyedModelHandler(SavedModelHandler(export_dir, cfg.k, cfg.exclude_seen))
+    handler = KeyedModelHandler(SavedModelHandler(export_dir, cfg.k, cfg.exclude_seen,
+                                                  verbosity))
     shards = [(i, path, entry) for i, (path, entry) in enumerate(users.shards)]
     written = (pipeline
                | "UsersShards" >> beam.Create(shards, reshuffle=n > 1)
@@ -458,29 +530,77 @@ def build(pipeline: beam.Pipeline, cfg: RecommendConfig, export_dir: str,
 _REFUSED = (FlagError, InputError)
 
 
-def run(argv: list[str]) -> dict:
-    """Checks everything, runs the pipeline, returns the output's metadata (read back).
-    Raises FlagError/InputError before the pipeline starts."""
-    cfg, beam_args, verbosity = parse_command_line(argv)
-    if verbosity == 0:  # TensorFlow's C++ chatter (it loads in the model handler)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with pipeline.job_logging(verbosity):
-        return _run(cfg, beam_args)
+class Job(NamedTuple):
+    """A checked command line: what execute() runs."""
+
+    config: RecommendConfig
+    export_dir: str
+    users: UsersInput
+    options: PipelineOptions
+    dry_run: bool  # Beam's --dry_run=True: build the job (Dataflow: offline), run nothing
 
 
-def _run(cfg: RecommendConfig, beam_args: list[str]) -> dict:
+def prepare(argv: list[str]) -> Job:
+    """Parses and checks the command line: every check that can fail before a worker
+    starts. Raises FlagError/InputError (one line naming the flag or path)."""
+    cfg, beam_args, _ = parse_command_line(argv)
+    return _check(cfg, beam_args)
+
+
+def _check(cfg: RecommendConfig, beam_args: list[str]) -> Job:
     export_dir = resolve_export(cfg)
     users = check_data_dir(cfg.data_dir)
-    prepare_output_dir(cfg.output_dir, cfg.overwrite)
     pipeline_options = PipelineOptions(beam_args)
-    runner = pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
-    _LOG.info("recommending for %d users of %s with %s on %s", users.users, cfg.data_dir,
-              export_dir, runner)
-    start = time.monotonic()
-    with beam.Pipeline(options=pipeline_options) as p:
-        build(p, cfg, export_dir, users)
-    _LOG.info("pipeline finished in %.1f s", time.monotonic() - start)
-    return json.loads(_read(schema.join(cfg.output_dir, schema.METADATA_FILE)))
+    dry_run = bool(pipeline_options.view_as(TestOptions).dry_run)
+    if not dry_run:  # a dry run writes nothing
+        prepare_output_dir(cfg.output_dir, cfg.overwrite)
+    return Job(cfg, export_dir, users, pipeline_options, dry_run)
+
+
+def local_runner(pipeline_options: PipelineOptions):
+    """The runner for no --runner or --runner=DirectRunner: Beam's FnApiRunner, built as
+    Beam 2.77's DirectRunner builds it for this pipeline (direct_runner.py: the options in
+    its provision info; --direct_num_workers and --direct_running_mode apply), without
+    what DirectRunner tries first for a pipeline Prism supports: downloading the Prism
+    runner's binary from GitHub and running there (offline: a failed download and ~0.1 s
+    lost per run, measured; online: another runner, fetched at run time)."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(pipeline_options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def execute(job: Job, verbosity: int = 0):
+    """Builds the pipeline and runs it to the end (a dry run: builds it only); returns
+    Beam's PipelineResult. `verbosity` reaches the model handler (import_tensorflow)."""
+    runner = job.options.view_as(StandardOptions).runner
+    local = runner in (None, "DirectRunner")
+    _LOG.info("recommending for %d users of %s with %s on %s", job.users.users,
+              job.config.data_dir, job.export_dir, "FnApiRunner" if local else runner)
+    p = beam.Pipeline(runner=local_runner(job.options) if local else None,
+                      options=job.options)
+    build(p, job.config, job.export_dir, job.users, verbosity)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
+def run(argv: list[str]) -> dict:
+    """Checks everything, runs the pipeline, returns the output's metadata (read back;
+    {} for a dry run). Raises FlagError/InputError before the pipeline starts."""
+    cfg, beam_args, verbosity = parse_command_line(argv)
+    with pipeline.job_logging(verbosity):
+        job = _check(cfg, beam_args)
+        start = time.monotonic()
+        execute(job, verbosity)
+        if job.dry_run:
+            _LOG.info("dry run: the job was built, nothing ran")
+            return {}
+        _LOG.info("pipeline finished in %.1f s", time.monotonic() - start)
+        return json.loads(_read(schema.join(cfg.output_dir, schema.METADATA_FILE)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,10 +619,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
-    c = metadata["counts"]
-    print(f"{c['rows']} recommendations for {c['users']} users", file=sys.stderr)
+    if metadata:  # {}: a dry run, which says so itself
+        c = metadata["counts"]
+        print(f"{c['rows']} recommendations for {c['users']} users", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as beam_jobs.recommend_all, not as __main__: what crosses processes (the handler,
+    # BatchRecs) is pickled by its module's name, and a worker process (Dataflow's,
+    # --direct_running_mode=multi_processing) cannot import `__main__.BatchRecs`.
+    from beam_jobs import recommend_all
+
+    sys.exit(recommend_all.main())

@@ -7,7 +7,9 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -206,3 +208,57 @@ def test_flag_parsing_and_checks_need_no_tensorflow(tmp_path):
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     proc = util.run_command([os.path.join(util.VENV_BIN, "python"), "-c", code], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# What the command prints at verbosity 0: its own three lines (tests/beam_jobs/util's plain
+# environment: no TF_CPP_MIN_LOG_LEVEL or other help from the caller).
+QUIET_LINES = [r"\d\d:\d\d:\d\d INFO recommending for \d+ users of .+ on FnApiRunner",
+               r"\d\d:\d\d:\d\d INFO pipeline finished in [0-9.]+ s",
+               r"\d+ recommendations for \d+ users"]
+GLOG_LINE = re.compile(r"^[IWE]\d{4} ")  # TensorFlow's native log lines (I0000 00:00:...)
+
+
+def _command(setup, out, tmp_path, *flags) -> subprocess.CompletedProcess:
+    data_dir, model_dir, _ = setup
+    return util.run_command([os.path.join(util.VENV_BIN, "python"), "-m",
+                             "beam_jobs.recommend_all", f"--data_dir={data_dir}",
+                             f"--model_dir={model_dir}", f"--output_dir={out}", *flags],
+                            tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+def test_command_prints_its_own_lines_and_tensorflows_only_with_v(setup, tmp_path):
+    """As a user runs it: TensorFlow's import-time lines (printed by its native libraries
+    before any log level applies) and Beam's runner chatter only with -v; never Beam
+    2.77's false "Resource module is not available" warning; no Prism download attempt."""
+    quiet = _command(setup, tmp_path / "a", tmp_path, "--exclude_seen")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == len(QUIET_LINES), quiet.stderr
+    for line, pattern in zip(lines, QUIET_LINES, strict=True):
+        assert re.fullmatch(pattern, line), line
+    verbose = _command(setup, tmp_path / "b", tmp_path, "--exclude_seen", "-v")
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert any(GLOG_LINE.match(line) for line in verbose.stderr.splitlines()), verbose.stderr
+    assert "apache_beam." in verbose.stderr  # Beam's loggers, named at -v
+    for run in (quiet, verbose):
+        assert "Resource module is not available" not in run.stderr
+        assert "Prism" not in run.stderr
+
+
+@pytest.mark.slow
+def test_worker_processes_write_the_same_bytes_quietly(setup, tmp_path):
+    """Workers in processes of their own, as on Dataflow: what they run must unpickle
+    there (the command's module runs as __main__), each imports TensorFlow quietly, and
+    the output is byte for byte the in-process run's."""
+    in_process = str(tmp_path / "in_process")
+    _run(setup, in_process, "--exclude_seen", "--batch_size=7")
+    out = tmp_path / "workers"
+    result = _command(setup, out, tmp_path, "--exclude_seen", "--batch_size=7",
+                      "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stderr.splitlines()) == len(QUIET_LINES), result.stderr
+    assert sorted(os.listdir(out)) == sorted(os.listdir(in_process))
+    for name in os.listdir(out):
+        with open(out / name, "rb") as a, open(os.path.join(in_process, name), "rb") as b:
+            assert a.read() == b.read(), name
