@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-time GCP set-up for seqrec: bucket, image repository, and three service accounts with
+# One-time GCP set-up for seqrec: bucket, image repository, and four service accounts with
 # only the roles their jobs need (see infra/README.md, "Permissions", for why each one).
 #
 #   infra/gcs/setup_bucket.sh [--dry_run] [--launcher=user:ME@example.com] \
@@ -8,7 +8,8 @@
 # Creates (skipping what exists):
 #   gs://BUCKET                              regional, uniform access, no public access
 #   REGION-docker.pkg.dev/PROJECT/seqrec     Artifact Registry (trainer + Dataflow images)
-#   seqrec-dataflow@PROJECT.iam...           Dataflow worker service account
+#   seqrec-dataflow@PROJECT.iam...           Dataflow worker service account (data prep)
+#   seqrec-recommend@PROJECT.iam...          Dataflow workers of batch recommendations
 #   seqrec-trainer@PROJECT.iam...            Vertex AI / GKE training service account
 #   seqrec-build@PROJECT.iam...              what Cloud Build builds the images as
 # --launcher grants a person or CI account what it needs to launch jobs as those accounts.
@@ -56,6 +57,7 @@ for flag in launcher builder; do
 done
 
 dataflow_sa="seqrec-dataflow@${project}.iam.gserviceaccount.com"
+recommend_sa="seqrec-recommend@${project}.iam.gserviceaccount.com"
 trainer_sa="seqrec-trainer@${project}.iam.gserviceaccount.com"
 build_sa="seqrec-build@${project}.iam.gserviceaccount.com"
 
@@ -123,7 +125,7 @@ if ! exists gcloud artifacts repositories describe seqrec --project="${project}"
     --description="seqrec trainer and Dataflow images"
 fi
 
-for sa in seqrec-dataflow seqrec-trainer seqrec-build; do
+for sa in seqrec-dataflow seqrec-recommend seqrec-trainer seqrec-build; do
   if ! exists gcloud iam service-accounts describe "${sa}@${project}.iam.gserviceaccount.com" \
     --project="${project}"; then
     run gcloud iam service-accounts create "${sa}" --project="${project}" \
@@ -132,8 +134,10 @@ for sa in seqrec-dataflow seqrec-trainer seqrec-build; do
 done
 
 # Dataflow workers: run work items (project-level role; Dataflow has no narrower one).
-run gcloud projects add-iam-policy-binding "${project}" --condition=None \
-  --member="serviceAccount:${dataflow_sa}" --role=roles/dataflow.worker
+for sa in "${dataflow_sa}" "${recommend_sa}"; do
+  run gcloud projects add-iam-policy-binding "${project}" --condition=None \
+    --member="serviceAccount:${sa}" --role=roles/dataflow.worker
+done
 
 # Storage, per prefix (infra/README.md, "Permissions", has the table and the reasons).
 # Older versions of this script gave both job accounts roles/storage.objectAdmin on the
@@ -142,11 +146,11 @@ for sa in "${dataflow_sa}" "${trainer_sa}"; do
   revoke gcloud storage buckets remove-iam-policy-binding "gs://${bucket}" --condition=None \
     --member="serviceAccount:${sa}" --role=roles/storage.objectAdmin
 done
-# All three: the bucket's metadata and its object names, not their contents
+# All four: the bucket's metadata and its object names, not their contents
 # (roles/storage.legacyBucketReader = storage.buckets.get + storage.objects.list). A list
 # is a request on the bucket, which no object-prefix condition matches, and Beam looks the
 # bucket up before it stages files; TensorFlow lists to glob shards and checkpoints.
-for sa in "${dataflow_sa}" "${trainer_sa}" "${build_sa}"; do
+for sa in "${dataflow_sa}" "${recommend_sa}" "${trainer_sa}" "${build_sa}"; do
   run gcloud storage buckets add-iam-policy-binding "gs://${bucket}" --condition=None \
     --member="serviceAccount:${sa}" --role=roles/storage.legacyBucketReader
 done
@@ -156,6 +160,14 @@ done
 grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectViewer raw/
 grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectUser data/
 grant_prefix "serviceAccount:${dataflow_sa}" roles/storage.objectUser dataflow/
+# Batch recommendations' workers (beam_jobs.recommend_all): read users/ of the data and the
+# trained runs' exports (runs/ holds checkpoints too: a prefix cannot single out export/),
+# write recs/ (temporary names, then renamed), and Beam's temp and staging files. A
+# separate account, so the prep job's workers still cannot read runs/.
+grant_prefix "serviceAccount:${recommend_sa}" roles/storage.objectViewer data/
+grant_prefix "serviceAccount:${recommend_sa}" roles/storage.objectViewer runs/
+grant_prefix "serviceAccount:${recommend_sa}" roles/storage.objectUser recs/
+grant_prefix "serviceAccount:${recommend_sa}" roles/storage.objectUser dataflow/
 # Trainer: read the data; write runs (checkpoints, events, the export; its preflight writes
 # and deletes a probe object under each output directory; CheckpointManager deletes
 # checkpoints past --keep_checkpoints). Nothing at project level.
@@ -168,7 +180,7 @@ grant_prefix "serviceAccount:${build_sa}" roles/storage.objectUser cloudbuild/lo
 
 # The job accounts pull their images from the seqrec repository only; the build account
 # pushes them there.
-for sa in "${dataflow_sa}" "${trainer_sa}"; do
+for sa in "${dataflow_sa}" "${recommend_sa}" "${trainer_sa}"; do
   run gcloud artifacts repositories add-iam-policy-binding seqrec --project="${project}" \
     --location="${region}" --member="serviceAccount:${sa}" --role=roles/artifactregistry.reader
 done
@@ -186,13 +198,13 @@ if [[ -n "${gke_namespace}" ]]; then
 fi
 
 if [[ -n "${launcher}" ]]; then
-  # Launch Dataflow jobs and Vertex AI custom jobs, act as the two job accounts (only
-  # those two); upload the input, stage files (Beam looks the bucket up first), read results.
+  # Launch Dataflow jobs and Vertex AI custom jobs, act as the three job accounts (only
+  # those); upload the input, stage files (Beam looks the bucket up first), read results.
   run gcloud projects add-iam-policy-binding "${project}" --condition=None \
     --member="${launcher}" --role=roles/dataflow.developer
   run gcloud projects add-iam-policy-binding "${project}" --condition=None \
     --member="${launcher}" --role=roles/aiplatform.user
-  for sa in "${dataflow_sa}" "${trainer_sa}"; do
+  for sa in "${dataflow_sa}" "${recommend_sa}" "${trainer_sa}"; do
     run gcloud iam service-accounts add-iam-policy-binding "${sa}" --project="${project}" \
       --member="${launcher}" --role=roles/iam.serviceAccountUser
   done
@@ -223,6 +235,7 @@ fi
 
 echo "bucket:               gs://${bucket}"
 echo "dataflow workers:     ${dataflow_sa}"
+echo "recommend workers:    ${recommend_sa}"
 echo "trainer:              ${trainer_sa}"
 echo "image builds:         ${build_sa}"
 echo "images:               ${region}-docker.pkg.dev/${project}/seqrec"

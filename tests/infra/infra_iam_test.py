@@ -12,6 +12,7 @@ from iam_model import dry_run as _dry_run
 
 PROJECT, REGION, BUCKET = "my-proj", "us-central1", "my-bucket"
 DATAFLOW = f"serviceAccount:seqrec-dataflow@{PROJECT}.iam.gserviceaccount.com"
+RECOMMEND = f"serviceAccount:seqrec-recommend@{PROJECT}.iam.gserviceaccount.com"
 TRAINER = f"serviceAccount:seqrec-trainer@{PROJECT}.iam.gserviceaccount.com"
 BUILD = f"serviceAccount:seqrec-build@{PROJECT}.iam.gserviceaccount.com"
 LAUNCHER = "user:me@example.com"
@@ -38,6 +39,18 @@ MUST = {
                (WRITE, "dataflow/staging/beamapp-x/pipeline.pb"),
                (READ, "dataflow/staging/beamapp-x/pipeline.pb"),
                (DELETE, "dataflow/staging/template_launches/x/operation_result")],
+    # beam_jobs.recommend_all's workers: users/ and the export in, Parquet out (temporary
+    # names, then renamed), Beam's scratch space.
+    RECOMMEND: [(READ, "data/ml-1m/users/part-00000-of-00032.tfrecord.gz"),
+                (READ, "data/ml-1m/metadata.json"),
+                (READ, "runs/r1/export/LATEST"), (READ, "runs/r1/export/3/saved_model.pb"),
+                (READ, "runs/r1/model/variables/variables.index"),  # a Vertex AI run's
+                (WRITE, "recs/r1/.tmp-ab12-part-00000-of-00032.parquet"),
+                (DELETE, "recs/r1/.tmp-ab12-part-00000-of-00032.parquet"),
+                (WRITE, "recs/r1/part-00000-of-00032.parquet"), (WRITE, "recs/r1/_SUCCESS"),
+                (WRITE, "dataflow/staging/beamapp-x/requirements.txt"),
+                (READ, "dataflow/staging/beamapp-x/pipeline.pb"),
+                (DELETE, "dataflow/tmp/beamapp-x/tmp.json")],
     TRAINER: [(READ, "data/ml-1m/_SUCCESS"), (READ, "data/ml-1m/train/part-00000-of-00032.tfrecord.gz"),
               (WRITE, "runs/r1/.seqrec-preflight-0a1b"), (DELETE, "runs/r1/.seqrec-preflight-0a1b"),
               (WRITE, "runs/r1/checkpoints/ckpt-7.index"), (DELETE, "runs/r1/checkpoints/ckpt-1.index"),
@@ -57,6 +70,14 @@ MUST_NOT = {
                for o in ("runs/r1/checkpoints/ckpt-7.index", "runs/r1/model/saved_model.pb",
                          "runs/r1/config.json", "templates/seqrec-v1.json")]
               + [(WRITE, "raw/ml-1m/ratings.dat"), (DELETE, "raw/ml-1m/ratings.dat")],
+    # Reads the data and the runs, changes neither; nothing of the input or templates.
+    RECOMMEND: [(p, o) for p in (WRITE, DELETE)
+                for o in ("data/ml-1m/_SUCCESS", "data/ml-1m/users/part-00000-of-00032.tfrecord.gz",
+                          "runs/r1/export/LATEST", "runs/r1/checkpoints/ckpt-7.index")]
+               + [(p, o) for p in (READ, WRITE, DELETE)
+                  for o in ("raw/ml-1m/ratings.dat", "templates/seqrec-v1.json",
+                            "cloudbuild/source/1-ab.tgz")]
+               + [(WRITE, "rec/r1/x"), (WRITE, "recs")],  # near misses of the prefix
     TRAINER: [(p, o) for p in (WRITE, DELETE)
               for o in ("data/ml-1m/_SUCCESS", "data/ml-1m/train/part-00000-of-00032.tfrecord.gz",
                         "data/ml-1m/metadata.json")]
@@ -79,8 +100,8 @@ def grants() -> list[Binding]:
     return bindings(dry_run(f"--launcher={LAUNCHER}", f"--builder={BUILDER}", "--gke_namespace=ml"))
 
 
-@pytest.mark.parametrize("member", [DATAFLOW, TRAINER, BUILD, BUILDER],
-                         ids=["dataflow", "trainer", "build", "builder"])
+@pytest.mark.parametrize("member", [DATAFLOW, RECOMMEND, TRAINER, BUILD, BUILDER],
+                         ids=["dataflow", "recommend", "trainer", "build", "builder"])
 def test_accounts_can_do_their_job_and_nothing_else_to_objects(grants, member):
     missing = [(p, o) for p, o in MUST[member] if not allowed(grants, member, p, o)]
     assert not missing, missing
@@ -122,11 +143,16 @@ def test_service_accounts_storage_commands_are_exactly_these():
                if argv[:4] == ["gcloud", "storage", "buckets", "add-iam-policy-binding"]]
     assert storage == [
         _storage_command(DATAFLOW, "roles/storage.legacyBucketReader", None),
+        _storage_command(RECOMMEND, "roles/storage.legacyBucketReader", None),
         _storage_command(TRAINER, "roles/storage.legacyBucketReader", None),
         _storage_command(BUILD, "roles/storage.legacyBucketReader", None),
         _storage_command(DATAFLOW, "roles/storage.objectViewer", "raw/"),
         _storage_command(DATAFLOW, "roles/storage.objectUser", "data/"),
         _storage_command(DATAFLOW, "roles/storage.objectUser", "dataflow/"),
+        _storage_command(RECOMMEND, "roles/storage.objectViewer", "data/"),
+        _storage_command(RECOMMEND, "roles/storage.objectViewer", "runs/"),
+        _storage_command(RECOMMEND, "roles/storage.objectUser", "recs/"),
+        _storage_command(RECOMMEND, "roles/storage.objectUser", "dataflow/"),
         _storage_command(TRAINER, "roles/storage.objectViewer", "data/"),
         _storage_command(TRAINER, "roles/storage.objectUser", "runs/"),
         _storage_command(BUILD, "roles/storage.objectViewer", "cloudbuild/source/"),
@@ -149,7 +175,8 @@ def test_no_project_wide_storage_or_basic_roles(grants):
     assert not [b for b in grants if b.scope == "projects" and b.role.startswith("roles/storage.")]
     assert not {b.role for b in grants} & {"roles/owner", "roles/editor", "roles/viewer"}
     # The Dataflow worker role (Dataflow has no narrower one), and nothing else.
-    assert _project_roles(grants, DATAFLOW) == {"roles/dataflow.worker"}
+    assert _project_roles(grants, DATAFLOW) == _project_roles(grants, RECOMMEND) == {
+        "roles/dataflow.worker"}
     assert _project_roles(grants, TRAINER) == _project_roles(grants, BUILD) == set()
     # Unconditioned storage roles on the bucket: names and metadata only, but the launcher's.
     wide = {(b.member, b.role) for b in grants if b.scope == "buckets" and b.condition is None}
@@ -163,7 +190,7 @@ def _acts_as(grants: list[Binding], member: str) -> set[str]:
 
 def test_launcher_launches_and_does_not_build(grants):
     assert _project_roles(grants, LAUNCHER) == {"roles/dataflow.developer", "roles/aiplatform.user"}
-    assert _acts_as(grants, LAUNCHER) == {m.split(":")[1] for m in (DATAFLOW, TRAINER)}
+    assert _acts_as(grants, LAUNCHER) == {m.split(":")[1] for m in (DATAFLOW, RECOMMEND, TRAINER)}
     assert not [b for b in grants if b.member == LAUNCHER and b.scope == "repositories"]
 
 
