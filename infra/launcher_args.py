@@ -1,20 +1,22 @@
-"""Command-line handling shared by infra/dataflow/launch.py and infra/trainer/launch.py.
+"""Command-line handling shared by the launchers: infra/dataflow/launch.py,
+infra/dataflow/launch_recommend.py and infra/trainer/launch.py.
 
-A launch is `python infra/.../launch.py LAUNCHER_FLAGS [-- JOB_FLAGS]`. The launcher's
+A launch is `python infra/.../launch*.py LAUNCHER_FLAGS [-- JOB_FLAGS]`. The launcher's
 flags say where and how to run (project, bucket, machines); the flags after the first `--`
-are the job's own (beam_jobs.pipeline's or trainer.train's) and reach it unchanged. The
-launcher passes the job nothing else but what the launch itself must set (its input and
-output locations, the multi-host strategy), so the job's own defaults apply, declared once,
-in the job's code.
+are the job's own (beam_jobs.pipeline's, beam_jobs.recommend_all's or trainer.train's) and
+reach it unchanged. The launcher passes the job nothing else but what the launch itself
+must set (its input and output locations, the multi-host strategy, the workers'
+dependencies), so the job's own defaults apply, declared once, in the job's code.
 
 Contracts of this module:
   * `parse` splits at `--` and parses the launcher's side without abbreviations (`--gpus`
     is not `--gpus_per_host`, as absl refuses `--embed` for `--embedding_dim`); a job flag
     given before `--` is refused with a hint to move it.
-  * `trainer_config` and `pipeline_config` check job flags against the job's REAL parser
-    before anything is rendered or submitted: trainer.config's absl definitions in a fresh
-    FlagValues per call, then TrainConfig's validation; beam_jobs.options, then Beam's own
-    option parsers for the rest.
+  * `trainer_config`, `pipeline_config` and `recommend_config` check job flags against
+    the job's REAL parser before anything is rendered or submitted: trainer.config's absl
+    definitions in a fresh FlagValues per call, then TrainConfig's validation;
+    beam_jobs.options (or recommend_all's parser), then Beam's own option parsers for the
+    rest.
   * Every refusal is a `UsageError` whose message is one line naming the flag (for a
     misspelt one, the closest valid name too); `main` prints it as
     `PROG: error: MESSAGE` and exits 2.
@@ -42,11 +44,14 @@ if REPO not in sys.path:
 
 TRAINER = "trainer.train"
 PIPELINE = "beam_jobs.pipeline"
+RECOMMEND = "beam_jobs.recommend_all"
 
 # Values end up in YAML scalars, gcloud flags and URIs: these catch typos (and anything
 # that would need quoting) before a job waits an hour for machines.
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 GCS_URI_RE = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._=/-]*)?$")
+# Dataflow job names: lowercase letters, digits and hyphens, starting with a letter.
+JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 class UsageError(Exception):
@@ -227,6 +232,96 @@ def pipeline_config(pipeline_argv: Sequence[str]):
     except options.FlagError as e:
         raise UsageError(f"{PIPELINE}: {e}") from None
     return cfg, beam_args
+
+
+# --- beam_jobs.recommend_all -------------------------------------------------------------
+
+def recommend_flag_names() -> set[str]:
+    """The job flags beam_jobs.recommend_all defines, without dashes."""
+    from beam_jobs import options, recommend_all
+
+    return {s[2:] for s in options.flag_names(recommend_all.make_parser())}
+
+
+def recommend_config(recommend_argv: Sequence[str]):
+    """(RecommendConfig, Beam options) that `python -m beam_jobs.recommend_all
+    RECOMMEND_ARGV` parses, by the job's own parser (parse_command_line: exact names,
+    values checked, one of --model_dir/--export_dir, every other flag a Beam option).
+    Nothing is read: the job checks its paths itself when it starts.
+
+    Raises:
+      UsageError: anything that parser refuses, in its one-line message.
+    """
+    from beam_jobs import options, recommend_all
+
+    try:
+        cfg, beam_args, _ = recommend_all.parse_command_line(list(recommend_argv))
+    except options.FlagError as e:
+        raise UsageError(f"{RECOMMEND}: {e}") from None
+    return cfg, beam_args
+
+
+# --- Dataflow: what infra/dataflow/launch.py and launch_recommend.py share ----------------
+
+def add_dataflow_flags(p: argparse.ArgumentParser, job_name_prefix: str,
+                       worker_image_help: str) -> None:
+    """Where the job runs and on what workers. The defaults are the launchers' cost
+    policy, not Beam's or the job's."""
+    p.add_argument("--project", required=True, help="GCP project that runs the job.")
+    p.add_argument("--region", required=True, help="Dataflow region, e.g. us-central1.")
+    p.add_argument("--bucket", required=True,
+                   help="Bucket (no gs://) for temp/staging files and, by default, the data.")
+    p.add_argument("--job_name", default=None,
+                   help=f"Dataflow job name (default {job_name_prefix}-<UTC timestamp>).")
+    # Here, not after `--`, because a Flex Template launch spells them as gcloud flags.
+    p.add_argument("--machine_type", default="n2-standard-4",
+                   help="Worker machine type (default n2-standard-4).")
+    p.add_argument("--max_num_workers", type=int, default=20,
+                   help="Autoscaling ceiling (default 20).")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="Initial workers (default: Dataflow decides).")
+    p.add_argument("--service_account_email", default=None,
+                   help="Worker service account (see infra/gcs/setup_bucket.sh); default: the "
+                   "Compute Engine default account, which has far more rights than needed.")
+    p.add_argument("--subnetwork", default=None,
+                   help="regions/REGION/subnetworks/NAME, for VPCs without a default network.")
+    p.add_argument("--no_use_public_ips", action="store_true",
+                   help="Workers without external IPs (needs Private Google Access).")
+    p.add_argument("--worker_image", default=None, help=worker_image_help)
+
+
+def check_dataflow_flags(args: argparse.Namespace, job_name_prefix: str) -> None:
+    """Checks --bucket and sets/checks --job_name (default PREFIX-<UTC timestamp>)."""
+    check(args.bucket, BUCKET_RE, "bucket", "a bucket name (give it without gs://)")
+    args.job_name = check(args.job_name or timestamped(job_name_prefix), JOB_NAME_RE,
+                          "job_name", "a Dataflow job name (lowercase letters, digits and "
+                          "'-', starting with a letter)")
+
+
+def dataflow_options(args: argparse.Namespace) -> list[str]:
+    """Beam pipeline options for DataflowRunner (`--name=value` strings)."""
+    opts = [
+        "--runner=DataflowRunner",
+        f"--project={args.project}",
+        f"--region={args.region}",
+        f"--job_name={args.job_name}",
+        f"--temp_location=gs://{args.bucket}/dataflow/tmp",
+        f"--staging_location=gs://{args.bucket}/dataflow/staging",
+        f"--machine_type={args.machine_type}",
+        f"--max_num_workers={args.max_num_workers}",
+        "--autoscaling_algorithm=THROUGHPUT_BASED",
+    ]
+    if args.num_workers:
+        opts.append(f"--num_workers={args.num_workers}")
+    if args.service_account_email:
+        opts.append(f"--service_account_email={args.service_account_email}")
+    if args.subnetwork:
+        opts.append(f"--subnetwork={args.subnetwork}")
+    if args.no_use_public_ips:
+        opts.append("--no_use_public_ips")
+    if args.worker_image:
+        opts.append(f"--sdk_container_image={args.worker_image}")
+    return opts
 
 
 def flag_values(job_argv: Sequence[str]) -> list[tuple[str, str]]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
 import shlex
 import sys
 
@@ -48,37 +47,16 @@ def _load_template_metadata():
 template_metadata = _load_template_metadata()
 
 SETUP_FILE = os.path.join(la.REPO, "setup.py")
-# Dataflow job names: lowercase letters, digits and hyphens, starting with a letter.
-JOB_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+JOB_NAME_PREFIX = "seqrec-timelines"
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = la.make_parser("python infra/dataflow/launch.py", __doc__, la.PIPELINE)
-    p.add_argument("--project", required=True, help="GCP project that runs the job.")
-    p.add_argument("--region", required=True, help="Dataflow region, e.g. us-central1.")
-    p.add_argument("--bucket", required=True,
-                   help="Bucket (no gs://) for temp/staging files and, by default, the data.")
-    p.add_argument("--job_name", default=None,
-                   help="Dataflow job name (default seqrec-timelines-<UTC timestamp>).")
-    # Dataflow worker options, here because a Flex Template launch spells them as gcloud
-    # flags. The defaults are this launcher's cost policy, not Beam's or the job's.
-    p.add_argument("--machine_type", default="n2-standard-4",
-                   help="Worker machine type (default n2-standard-4).")
-    p.add_argument("--max_num_workers", type=int, default=20,
-                   help="Autoscaling ceiling (default 20).")
-    p.add_argument("--num_workers", type=int, default=None,
-                   help="Initial workers (default: Dataflow decides).")
-    p.add_argument("--service_account_email", default=None,
-                   help="Worker service account (see infra/gcs/setup_bucket.sh); default: the "
-                   "Compute Engine default account, which has far more rights than needed.")
-    p.add_argument("--subnetwork", default=None,
-                   help="regions/REGION/subnetworks/NAME, for VPCs without a default network.")
-    p.add_argument("--no_use_public_ips", action="store_true",
-                   help="Workers without external IPs (needs Private Google Access).")
-    p.add_argument("--worker_image", default=None,
-                   help="Worker container with the project's dependencies preinstalled, e.g. "
-                   "the Flex Template image (--sdk_container_image); default: Dataflow's "
-                   "stock Beam image, and every worker pip-installs them at start-up.")
+    la.add_dataflow_flags(
+        p, JOB_NAME_PREFIX,
+        "Worker container with the project's dependencies preinstalled, e.g. the Flex "
+        "Template image (--sdk_container_image); default: Dataflow's stock Beam image, and "
+        "every worker pip-installs them at start-up.")
     p.add_argument("--flex_template", default=None,
                    help="gs:// path of a built Flex Template spec: launch that instead.")
     p.add_argument("--dry_run", action="store_true",
@@ -93,10 +71,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     --input_dir/--output_dir from the bucket layout put first where they name none. Checked
     with the job's and Beam's parsers; raises la.UsageError naming the flag."""
     args, extra = la.parse(make_parser(), argv, la.PIPELINE, la.pipeline_flag_names)
-    la.check(args.bucket, la.BUCKET_RE, "bucket", "a bucket name (give it without gs://)")
-    args.job_name = la.check(args.job_name or la.timestamped("seqrec-timelines"), JOB_NAME_RE,
-                             "job_name", "a Dataflow job name (lowercase letters, digits and "
-                             "'-', starting with a letter)")
+    la.check_dataflow_flags(args, JOB_NAME_PREFIX)
     if args.flex_template and args.dry_run:
         raise la.UsageError("--dry_run builds the job locally; it does not apply to "
                             "--flex_template")
@@ -125,36 +100,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return args, job_flags
 
 
-def dataflow_options(args: argparse.Namespace) -> list[str]:
-    """Beam pipeline options for DataflowRunner (`--name=value` strings)."""
-    opts = [
-        "--runner=DataflowRunner",
-        f"--project={args.project}",
-        f"--region={args.region}",
-        f"--job_name={args.job_name}",
-        f"--temp_location=gs://{args.bucket}/dataflow/tmp",
-        f"--staging_location=gs://{args.bucket}/dataflow/staging",
-        f"--machine_type={args.machine_type}",
-        f"--max_num_workers={args.max_num_workers}",
-        "--autoscaling_algorithm=THROUGHPUT_BASED",
-    ]
-    if args.num_workers:
-        opts.append(f"--num_workers={args.num_workers}")
-    if args.service_account_email:
-        opts.append(f"--service_account_email={args.service_account_email}")
-    if args.subnetwork:
-        opts.append(f"--subnetwork={args.subnetwork}")
-    if args.no_use_public_ips:
-        opts.append("--no_use_public_ips")
-    if args.worker_image:
-        opts.append(f"--sdk_container_image={args.worker_image}")
-    return opts
-
-
 def pipeline_argv(args: argparse.Namespace, job_flags: list[str]) -> list[str]:
     """Everything after `python -m beam_jobs.pipeline` in direct mode: the Dataflow
     options, then the job flags (given last, so the user's win)."""
-    argv = dataflow_options(args)
+    argv = la.dataflow_options(args)
     # Workers pip-install the sdist Beam builds from this file (no save_main_session).
     argv.append(f"--setup_file={SETUP_FILE}")
     if args.dry_run:

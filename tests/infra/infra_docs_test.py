@@ -13,6 +13,7 @@ from tests import docs_util
 
 trainer_launch = load("infra/trainer/launch.py", "infra_trainer_launch")
 dataflow_launch = load("infra/dataflow/launch.py", "infra_dataflow_launch")
+recommend_launch = load("infra/dataflow/launch_recommend.py", "infra_launch_recommend")
 la = trainer_launch.la  # infra/launcher_args.py, the module both launchers import
 
 DOCS = [os.path.join(INFRA, "README.md"), os.path.join(ROOT, "docs", "gcs.md")]
@@ -26,7 +27,7 @@ def test_the_docs_mark_every_kind_of_offline_command():
     readme, gcs = ("\n".join(text[p]) for p in DOCS)
     for promised in ("infra/gcs/setup_bucket.sh --dry_run", "infra/dataflow/launch.py",
                      "--dry_run", "infra/trainer/launch.py vertex", "infra/trainer/launch.py k8s",
-                     "--print_tf_config"):
+                     "--print_tf_config", "infra/dataflow/launch_recommend.py"):
         assert promised in readme, promised
     for promised in ("infra/gcs/setup_bucket.sh --dry_run", "infra/dataflow/launch.py",
                      "infra/trainer/launch.py vertex"):
@@ -105,9 +106,10 @@ def test_every_launch_command_of_the_docs_uses_real_flags(path):
             if script == "infra/trainer/launch.py":
                 assert trainer_launch.render(trainer_launch.prepare(argv))
             else:
-                assert script == "infra/dataflow/launch.py", script
-                args, job_flags = dataflow_launch.parse_args(argv)
-                assert dataflow_launch.command(args, job_flags)
+                launcher = {"infra/dataflow/launch.py": dataflow_launch,
+                            "infra/dataflow/launch_recommend.py": recommend_launch}[script]
+                args, job_flags = launcher.parse_args(argv)
+                assert launcher.command(args, job_flags)
         except la.UsageError as e:
             refused = e
         assert (refused is not None) == ([script, *argv] in refusals), (argv, refused)

@@ -201,8 +201,10 @@ def test_flex_template_parameters_are_the_jobs_flags_as_it_declares_them():
             assert param["regexes"] == [f"^({'|'.join(map(str, action.choices))})$"], name
             assert str(choice) in param["regexes"][0]
         assert param.get("isOptional", False) == (name not in ("input_dir", "output_dir"))
-    # Every flag a user can give, but those the template leaves out on purpose.
-    user_flags = {s[2:] for s in options.flag_names(parser)}
+    # Every flag a user can give, but those the template leaves out on purpose; by name:
+    # a boolean's --noNAME spelling is its parameter's "false" (--NAME=false parses too).
+    spelled = {s[2:] for s in options.flag_names(parser)}
+    user_flags = {a.dest for a in parser._actions if a.option_strings and a.dest in spelled}
     assert set(params) - {"sdk_container_image"} == user_flags - template_metadata.LEFT_OUT
     # The generator's output is what gcloud reads (--metadata-file).
     result = subprocess.run(
