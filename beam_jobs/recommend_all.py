@@ -408,7 +408,9 @@ class SavedModelHandler(ModelHandler):
         parsed = tf.io.parse_example(tf.constant(list(batch)), spec)
         context = tf.sparse.to_dense(parsed[schema.CONTEXT_MOVIE_ID])
         query = model.query_embedding(context_movie_id=context)["embedding"]
-        scores = tf.matmul(query, model.candidates, transpose_b=True)  # [B, V], as export
+        # [B, V], as the export scores; in numpy, where setting the seen movies' scores is
+        # one indexed assignment (TF's scatter_nd + where took 0.5 s per 60k users).
+        scores = tf.matmul(query, model.candidates, transpose_b=True).numpy()
         k = min(self._k, len(model.ids))
         if self._exclude:
             seen = parsed[schema.SEEN_MOVIE_ID]
@@ -417,10 +419,7 @@ class SavedModelHandler(ModelHandler):
             known = movies < len(model.row_of_movie)
             rows[known] = model.row_of_movie[movies[known]]
             hit = rows >= 0  # seen movies that are candidates
-            where = np.stack([seen.indices.numpy()[hit, 0], rows[hit]], axis=1)
-            mask = tf.scatter_nd(where, tf.ones(len(where), tf.bool), tf.shape(scores,
-                                                                               tf.int64))
-            scores = tf.where(mask, tf.constant(-np.inf, scores.dtype), scores)
+            scores[seen.indices.numpy()[hit, 0], rows[hit]] = -np.inf
         values, indices = tf.math.top_k(scores, k=k)
         values, indices = values.numpy(), indices.numpy()
         users = parsed[schema.USER_ID].numpy()[:, 0]
@@ -454,6 +453,20 @@ def read_titles(export_dir: str) -> dict[int, str]:
     return {r["movie_id"]: r["title"] for r in rows}
 
 
+def title_column(movie_ids: np.ndarray, title_of: dict[int, str]):
+    """The titles of movie_ids [R] as one pyarrow string array, "" for an id the
+    vocabulary lacks: a take from the vocabulary's titles (a Python loop over the rows
+    took 1 s per 6M rows)."""
+    import pyarrow as pa
+
+    ids = np.array(sorted(title_of), np.int64)
+    titles = pa.array([title_of[m] for m in ids.tolist()] + [""], pa.string())
+    pos = np.searchsorted(ids, movie_ids)
+    found = pos < len(ids)
+    found[found] = ids[pos[found]] == movie_ids[found]
+    return titles.take(pa.array(np.where(found, pos, len(ids))))
+
+
 def write_parquet_shard(element: tuple[int, list], output_dir: str, num_shards: int,
                         export_dir: str) -> dict:
     """(shard, its [((shard, batch), BatchRecs)]) -> one Parquet file, in batch order
@@ -475,7 +488,7 @@ def write_parquet_shard(element: tuple[int, list], output_dir: str, num_shards: 
         "rank": pa.array((np.arange(len(movie_ids)) - starts + 1).astype(np.int32)),
         "movie_id": pa.array(movie_ids.astype(np.int64)),
         "score": pa.array(np.concatenate([r.scores for r in recs]).astype(np.float32)),
-        "title": pa.array([title_of.get(m, "") for m in movie_ids.tolist()], pa.string()),
+        "title": title_column(movie_ids, title_of),
     })
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="snappy")

@@ -262,3 +262,9 @@ def test_worker_processes_write_the_same_bytes_quietly(setup, tmp_path):
     for name in os.listdir(out):
         with open(out / name, "rb") as a, open(os.path.join(in_process, name), "rb") as b:
             assert a.read() == b.read(), name
+
+
+def test_title_column_takes_the_vocabularys_titles_and_blanks_unknown_ids():
+    col = recommend_all.title_column(np.array([3, 1, 99, 3, 0, 2], np.int64),
+                                     {1: "A", 3: "C, The (1995)", 2: ""})
+    assert col.to_pylist() == ["C, The (1995)", "A", "", "C, The (1995)", "", ""]
