@@ -1,0 +1,58 @@
+"""A longer history end to end: the Beam job's --max_context_length=20 through the
+trainer (both query towers), the export and trainer.recommend."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.trainer import cli
+from trainer import data, export, loop
+from trainer.config import TrainConfig
+
+L = 20
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("long")
+    for argv in (("beam_jobs.synthetic", f"--output_dir={base / 'raw'}", "--num_users=200",
+                  "--num_movies=150"),
+                 ("beam_jobs.pipeline", f"--input_dir={base / 'raw'}",
+                  f"--output_dir={base / 'data'}", f"--max_context_length={L}",
+                  "--num_shards=2")):
+        subprocess.run([sys.executable, "-m", *argv], cwd=cli.ROOT, env=cli.env(), check=True,
+                       capture_output=True, timeout=300)
+    return str(base / "data")
+
+
+@pytest.mark.parametrize("tower", ["gru", "transformer"])
+def test_longer_histories_train_export_and_serve(data_dir, tmp_path, tower):
+    info = data.load_data_dir(data_dir)
+    assert info.context_length == L
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path), epochs=1,
+                      global_batch_size=256, embedding_dim=16, query_tower=tower,
+                      checkpoint_every_steps=0, export_k=5)
+    results = loop.run(cfg)
+    assert results["validation"]["num_queries"] == info.num_examples["validation"]
+    loaded = tf.saved_model.load(export.latest(cfg.export_uri))
+    assert int(loaded.context_length.numpy()) == L
+    # A history of 25 known movies: the query reads its last 20.
+    history = list(info.movie_ids[:25])
+    serve = loaded.signatures["serving_default"]
+    full = serve(context_movie_id=tf.constant([history], tf.int64))
+    last = serve(context_movie_id=tf.constant([history[-L:]], tf.int64))
+    np.testing.assert_array_equal(full["movie_ids"], last["movie_ids"])
+    embed = loaded.signatures["query_embedding"]
+    query = {n: embed(context_movie_id=tf.constant([h], tf.int64))["embedding"].numpy()
+             for n, h in (("full", history), ("last", history[-L:]), ("19", history[-L + 1:]))}
+    np.testing.assert_array_equal(query["full"], query["last"])
+    assert not np.array_equal(query["full"], query["19"])  # the 20th movie back counts
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.recommend", f"--model_dir={tmp_path}",
+         "--history=" + ",".join(map(str, history)), "--k=3"],
+        cwd=cli.ROOT, env=cli.env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"the model reads the last {L}" in proc.stdout
