@@ -9,7 +9,6 @@ import sys
 import pytest
 import tensorflow as tf
 
-from beam_jobs import schema
 from tests.trainer import cli
 from trainer import data, evaluate, loop
 from trainer.config import TrainConfig
