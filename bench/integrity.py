@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         metadata = json.load(f)
     assert outputs.mismatches(out, metadata) == []
     shards = [open(os.path.join(out, path), "rb").read()
-              for path in schema.listed_files(metadata) if path.split("/")[0] in schema.SPLITS]
+              for path in schema.listed_files(metadata)
+              if path.split("/")[0] in schema.example_splits(metadata)]
     read_back = _median_time(lambda: outputs.mismatches(out, metadata), args.repeats)
     hashing = _median_time(lambda: [hashlib.sha256(s).digest() for s in shards], args.repeats)
 

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
             with open(os.path.join(data_dir, "metadata.json")) as f:
                 counts = json.load(f)["counts"]
             rows.append((name, "beam job", wall, rss, cpu, counts["kept_ratings"],
-                         counts["train_examples"] + counts["test_examples"], "measured"))
+                         counts["train_examples"] + counts.get("validation_examples", 0)
+                         + counts["test_examples"], "measured"))
             print(rows[-1], flush=True)
         if "train" not in a.stages:
             continue
