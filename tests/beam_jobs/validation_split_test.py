@@ -184,8 +184,8 @@ def test_random_split_writes_no_validation(tmp_path, hand_built):
 
 
 def test_trainer_accepts_both_layouts(tmp_path, hand_built):
-    """trainer/data.load_data_dir verifies a data_dir with validation/ and one without
-    (the trainer reads SPLITS; validation/ is for the trainer to opt into)."""
+    """trainer/data.load_data_dir verifies a data_dir with validation/ (and reads it) and
+    one without."""
     from trainer import data
 
     for flags in ([], ["--novalidation"]):
@@ -193,6 +193,8 @@ def test_trainer_accepts_both_layouts(tmp_path, hand_built):
         util.run_job(hand_built, out, "--num_shards=2", *flags)
         info = data.load_data_dir(out)
         meta = json.loads(open(os.path.join(out, schema.METADATA_FILE)).read())
-        assert info.num_examples == {schema.TRAIN: meta["counts"]["train_examples"],
-                                     schema.TEST: 3}
+        expected = {schema.TRAIN: meta["counts"]["train_examples"], schema.TEST: 3}
+        if not flags:
+            expected[schema.VALIDATION] = 3
+        assert info.num_examples == expected
         data.check_first_records(info)
