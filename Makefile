@@ -28,7 +28,7 @@ run: venv
 
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 lint: venv
 	$(PY) -m ruff check .
