@@ -358,6 +358,20 @@ def run(cmd: Sequence[str], cwd: str | None = None) -> int:
     return subprocess.call(list(cmd), cwd=cwd)
 
 
+def print_or_run_dataflow(args: argparse.Namespace, cmd: Sequence[str]) -> int:
+    """A Dataflow launcher's last step: --print echoes `cmd`; otherwise it runs from the
+    repository root (beam_jobs is importable and setup.py builds from there), and a
+    --dry_run says that nothing was submitted. Returns the exit status."""
+    if args.print:
+        print(shlex.join(cmd))
+        return 0
+    code = run(cmd, cwd=REPO)
+    if code == 0 and args.dry_run:
+        print("dry run: the Dataflow job was built offline; nothing was submitted",
+              file=sys.stderr)
+    return code
+
+
 def main(prog: str, launch: Callable[[list[str] | None], int],
          argv: list[str] | None = None) -> int:
     """Runs `launch(argv)`; a UsageError becomes one line on stderr and exit status 2."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -116,16 +115,7 @@ def command(args: argparse.Namespace, job_flags: list[str]) -> list[str]:
 
 def launch(argv: list[str] | None = None) -> int:
     args, job_flags = parse_args(argv)
-    cmd = command(args, job_flags)
-    if args.print:
-        print(shlex.join(cmd))
-        return 0
-    # From the repository root: beam_jobs is importable and setup.py builds from there.
-    code = la.run(cmd, cwd=la.REPO)
-    if code == 0 and args.dry_run:
-        print("dry run: the Dataflow job was built offline; nothing was submitted",
-              file=sys.stderr)
-    return code
+    return la.print_or_run_dataflow(args, command(args, job_flags))
 
 
 def main(argv: list[str] | None = None) -> int:
