@@ -34,10 +34,10 @@ class Evaluator:
         t = cfg.trainer
         self.split = data.eval_split(info, t.eval_split)
         self.splits = data.eval_splits(info)
+        # loop.prepare has checked, before any worker started, that the data has what
+        # these options need (data.eval_split, data.check_seen).
         self.exclude = {"exclude_context": t.eval_exclude_context,
                         "exclude_seen": t.eval_exclude_seen}
-        if t.eval_exclude_seen:
-            data.check_seen(info)
         self.metrics_path = schema.join(cfg.model_dir, summaries.METRICS_FILE)
         self.datasets = {split: data.make_eval_dataset(info, t.eval_batch_size, split,
                                                        seen=t.eval_exclude_seen)
