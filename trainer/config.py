@@ -192,12 +192,26 @@ class LossConfig:
         "sampling; 0: in-batch negatives only). Drawn by TF's seeded RNG, which a checkpoint "
         "does not hold: a resumed run draws other negatives than an uninterrupted one.",
         check=at_least(0))
+    history_negatives: bool = option(
+        False, "Each example's own context movies are also negatives in its softmax (never "
+        "its label: MovieLens users do not re-rate a movie), so the query learns not to "
+        "recommend what the user has just watched.")
+    candidate_softmax_weight: float = option(
+        0.0, "Weight of a second in-batch softmax: each label movie's over the batch's "
+        "queries (the direction the TFRS tutorial's [B, 1] labels train; 0: off, 1: both "
+        "directions equally).", check=at_least(0))
 
     def __post_init__(self):
         _validate(self)
         if self.uniform_negatives and (self.logq_correction or self.remove_accidental_hits):
             raise ConfigError("--uniform_negatives cannot be combined with --logq_correction "
                               f"or --remove_accidental_hits, got {self.uniform_negatives!r}")
+        # Both extend the blocked loss (trainer/losses.py); accidental-hit
+        # removal runs TFRS's own dense loss instead.
+        for name in ("history_negatives", "candidate_softmax_weight"):
+            if getattr(self, name) and self.remove_accidental_hits:
+                raise ConfigError(f"--{name} cannot be combined with --remove_accidental_hits, "
+                                  f"got --{name}={getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -380,6 +380,7 @@ class SequentialRetrievalModel(tfrs.Model):
         *,
         movie_ids: Sequence[int] | None = None,
         sampling_probability: Sequence[float] | None = None,
+        label_counts: Sequence[int] | None = None,
         sparse_loss: bool = True,
         **kwargs,
     ):
@@ -398,6 +399,9 @@ class SequentialRetrievalModel(tfrs.Model):
           movie_ids, sampling_probability: [V] each, aligned; when given, each
             in-batch candidate's logit is corrected by -log(probability)
             (see sampling_probabilities; loss.logq_correction is its weight).
+          label_counts: [V] train label counts aligned with movie_ids; needed by
+            loss.history_negatives, whose logits are offset by
+            losses.own_negative_bias (the counts give the label share q).
           sparse_loss: compute the same loss without labels or the [b, c]
             score matrix (trainer/losses.py, blocked) instead of TFRS's dense
             [b, c] one-hot labels (bench/README_train.md has the memory
@@ -425,6 +429,18 @@ class SequentialRetrievalModel(tfrs.Model):
             temperature=None if temperature == 1.0 else float(temperature),
             remove_accidental_hits=self.remove_accidental_hits,
         )
+        self.history_negatives = bool(loss.history_negatives)
+        self.candidate_softmax_weight = float(loss.candidate_softmax_weight)
+        if (self.history_negatives or self.candidate_softmax_weight) and not self.sparse_loss:
+            raise ValueError("history_negatives and candidate_softmax_weight extend the "
+                             "blocked loss: they need sparse_loss and no accidental-hit removal")
+        if self.history_negatives:
+            if movie_ids is None or label_counts is None:
+                raise ValueError("history_negatives needs movie_ids and label_counts")
+            # Row r of the lookup -> log q (rows 0 and 1, pad and unknown: the lowest).
+            self._share_lookup = _lookup(movie_ids, "share_lookup")
+            log_share = popularity_log_prior(label_counts)
+            self._log_share = tf.constant(np.concatenate([[log_share.min()] * 2, log_share]))
         self.uniform_negatives = int(uniform_negatives)
         if self.uniform_negatives:
             if movie_ids is None:
@@ -467,13 +483,37 @@ class SequentialRetrievalModel(tfrs.Model):
         hands each its slice, so after MirroredStrategy's SUM of the variable
         gradients the update is exactly the single-device one.
         """
+        return self._all_replicas(candidate), self._all_replicas(ids)
+
+    def _all_replicas(self, x: tf.Tensor) -> tf.Tensor:
+        """This replica's rows [b, ...] -> every replica's [R*b, ...] with its own first
+        (global negatives over several replicas; see _candidates), else x itself."""
         ctx = tf.distribute.get_replica_context()
         if self.negatives != "global" or ctx is None or ctx.num_replicas_in_sync == 1:
-            return candidate, ids
-        gathered = ctx.all_gather(candidate, axis=0)  # [R*b, d], replica order
-        gathered_ids = ctx.all_gather(ids, axis=0)
-        shift = -tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(candidate)[0]
-        return tf.roll(gathered, shift, axis=0), tf.roll(gathered_ids, shift, axis=0)
+            return x
+        gathered = ctx.all_gather(x, axis=0)  # replica order
+        shift = -tf.cast(ctx.replica_id_in_sync_group, tf.int32) * tf.shape(x)[0]
+        return tf.roll(gathered, shift, axis=0)
+
+    def _history_scores(self, query: tf.Tensor, features, in_batch: tf.Tensor,
+                        training: bool) -> tf.Tensor:
+        """history_negatives: each query's scores [b, L] against its own context movies
+        (candidate-tower embeddings, offset by losses.own_negative_bias for `in_batch`
+        columns); padding and the example's own label are absent."""
+        context = tf.cast(features[schema.CONTEXT_MOVIE_ID], tf.int64)  # [b, L]
+        label = tf.reshape(tf.cast(features[schema.LABEL_MOVIE_ID], tf.int64), [-1, 1])
+        embedded = self.candidate_model(tf.reshape(context, [-1]), training=training)
+        embedded = tf.reshape(embedded, tf.concat([tf.shape(context), [-1]], axis=0))
+        valid = tf.logical_and(tf.not_equal(context, schema.PAD_MOVIE_ID),
+                               tf.not_equal(context, label))
+        rows = self._share_lookup(context)
+        correction = None
+        if self._probability is not None:
+            correction = losses.log_correction(tf.gather(self._probability, rows))
+        bias = losses.own_negative_bias(tf.gather(self._log_share, rows), in_batch, correction)
+        # Scores are divided by the temperature in the loss; the bias is in logits.
+        temperature = self._temperature or 1.0
+        return losses.own_negative_scores(query, embedded, valid, bias * temperature)
 
     def compute_losses(self, features, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
         """Losses of one replica's batch.
@@ -483,9 +523,10 @@ class SequentialRetrievalModel(tfrs.Model):
           value to differentiate; mean = summed loss / local batch size, the
           per-example loss of this replica's batch (for reporting).
         """
-        query, candidate = self(features, training=training)
+        query, own_candidate = self(features, training=training)
         ids = tf.reshape(tf.cast(features[schema.LABEL_MOVIE_ID], tf.int64), [-1])
-        candidate, ids = self._candidates(candidate, ids)
+        candidate, ids = self._candidates(own_candidate, ids)
+        in_batch = tf.shape(candidate)[0]  # before any uniform negatives
         if self.uniform_negatives and training:
             # Extra columns past the batch's own: only negatives (the labels
             # stay the diagonal). Each replica draws its own N.
@@ -497,7 +538,17 @@ class SequentialRetrievalModel(tfrs.Model):
         if self._probability is not None:
             probability = tf.gather(self._probability, self._probability_lookup(ids))
         if self.sparse_loss:  # the same sum as self.task's, far less memory
-            summed = losses.in_batch_softmax_loss(query, candidate, self._temperature, probability)
+            history = (self._history_scores(query, features, in_batch, training)
+                       if self.history_negatives else None)
+            summed = losses.in_batch_softmax_loss(query, candidate, self._temperature, probability,
+                                                  extra_scores=history)
+            if self.candidate_softmax_weight:
+                # Rows are this replica's labels, columns every replica's queries
+                # (own first, so label i's query is column i): summed over
+                # replicas, the single-device loss of the global batch. No
+                # sampling correction: it is constant along a label's row.
+                summed += self.candidate_softmax_weight * losses.in_batch_softmax_loss(
+                    own_candidate, self._all_replicas(query), self._temperature)
         else:
             summed = self.task(
                 query, candidate, compute_metrics=False,

@@ -87,7 +87,8 @@ class RetrievalTask:
                 if cfg.loss.logq_correction else None)
             model = model_lib.SequentialRetrievalModel(
                 query_model, candidate_model, cfg.trainer.global_batch_size, cfg.loss,
-                movie_ids=info.movie_ids, sampling_probability=probability)
+                movie_ids=info.movie_ids, sampling_probability=probability,
+                label_counts=info.counts)
             model({schema.CONTEXT_MOVIE_ID: tf.zeros([1, info.context_length], tf.int64),
                    schema.LABEL_MOVIE_ID: tf.zeros([1], tf.int64)})
             optimizer = make_optimizer(cfg, self.total_steps)

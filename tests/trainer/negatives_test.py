@@ -44,6 +44,12 @@ VARIANTS = {
     "logq_hits_temperature": dict(
         loss=LossConfig(remove_accidental_hits=True, temperature=0.5), movie_ids=MOVIES,
         sampling_probability=model.sampling_probabilities(COUNTS)),
+    # The second softmax spans every replica's queries; history negatives are per row.
+    "history_candidate_softmax": dict(
+        loss=LossConfig(history_negatives=True, candidate_softmax_weight=0.7, temperature=0.5,
+                        logq_correction=1.0),
+        movie_ids=MOVIES, label_counts=COUNTS,
+        sampling_probability=model.sampling_probabilities(COUNTS)),
 }
 
 
