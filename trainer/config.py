@@ -76,7 +76,7 @@ def fraction_below_one() -> Check:
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
            choices: tuple[str, ...] | None = None, check: Check | None = None,
-           shape: bool = False, before: Any = dataclasses.MISSING) -> Any:
+           shape: bool | str = False, before: Any = dataclasses.MISSING) -> Any:
     """A config field: the one place an option is declared.
 
     Args:
@@ -85,7 +85,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *,  # noqa: A002
       choices: allowed values of a string option (an enum flag).
       check: (predicate, requirement) validated on every TrainConfig.
       shape: the value fixes the shape of the model's variables or optimizer
-        slots: a checkpoint written with another value cannot be restored.
+        slots: a checkpoint written with another value cannot be restored. A
+        --query_tower name: it does so only in that tower (the other ignores it).
       before: for shape options added after runs were saved: the value those
         runs had (their config.json lacks the key), so resuming them is checked.
     """
@@ -118,17 +119,18 @@ class ModelConfig:
         "(SASRec-style causal self-attention over the context, read at the last real movie).",
         choices=QUERY_TOWERS, shape=True, before="gru")
     transformer_blocks: int = option(
-        2, "Self-attention blocks of --query_tower=transformer.", check=at_least(1), shape=True)
+        2, "Self-attention blocks of --query_tower=transformer.", check=at_least(1),
+        shape="transformer")
     transformer_heads: int = option(
         2, "Attention heads of --query_tower=transformer (each ceil(embedding_dim / heads) "
-        "wide).", check=at_least(1), shape=True)
+        "wide).", check=at_least(1), shape="transformer")
     transformer_dropout: float = option(
         0.2, "Dropout of --query_tower=transformer (embeddings, attention weights, block "
         "outputs; training only).", check=fraction_below_one())
     gru_units: int = option(
         32, "GRU width (--query_tower=gru) (0: --embedding_dim); other than the embedding width, a linear map "
-        "projects the last GRU state to it.", check=at_least(0), shape=True, before=0)
-    gru_layers: int = option(1, "Stacked GRU layers.", check=at_least(1), shape=True, before=1)
+        "projects the last GRU state to it.", check=at_least(0), shape="gru", before=0)
+    gru_layers: int = option(1, "Stacked GRU layers.", check=at_least(1), shape="gru", before=1)
     dropout: float = option(0.0, "Dropout in the GRU query tower (training only; the "
                             "transformer's is --transformer_dropout).",
                             check=fraction_below_one())
@@ -398,6 +400,9 @@ def defaults() -> dict[str, Any]:
 SHAPE_FIELDS = tuple(name for name, (_, f) in OPTIONS.items() if f.metadata["shape"])
 SHAPE_FIELDS_BEFORE = {name: f.metadata["before"] for name, (_, f) in OPTIONS.items()
                        if f.metadata["before"] is not dataclasses.MISSING}
+# Shape options of one query tower only, and that tower.
+SHAPE_FIELDS_TOWER = {name: f.metadata["shape"] for name, (_, f) in OPTIONS.items()
+                      if isinstance(f.metadata["shape"], str)}
 
 
 # The TFRS sequential retrieval tutorial, exactly: Adagrad(0.1) on batches of
@@ -419,11 +424,14 @@ PRESETS = {"tutorial": TUTORIAL}
 
 def shape_mismatches(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
     """Human-readable differences in SHAPE_FIELDS between a saved config (config.json's
-    dict, nested or flat) and this run."""
+    dict, nested or flat) and this run. An option of the other query tower is not one
+    (a --query_tower change is reported itself)."""
     saved, now = flatten(saved), current.flat()
     out = []
     for field in SHAPE_FIELDS:
         if field not in saved and field not in SHAPE_FIELDS_BEFORE:
+            continue
+        if SHAPE_FIELDS_TOWER.get(field, now["query_tower"]) != now["query_tower"]:
             continue
         value = saved.get(field, SHAPE_FIELDS_BEFORE.get(field))
         if value != now[field]:
