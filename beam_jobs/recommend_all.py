@@ -638,23 +638,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def exit_now(code: int) -> None:
-    """Ends the command once main() has returned: every output is written and closed then
-    (write_bytes closes each file; metadata.json was read back). What normal exit would
-    still do is tear down TensorFlow's and Beam's objects and modules: 1.5-2.3 s measured,
-    after a 6-8 s run for 6,040 users. Logging is shut down (flushed) as at exit; the
-    other exit handlers registered by then concern nothing of this job (pyarrow's S3,
-    certifi, h5py, PIL, multiprocessing's children: none left)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     # Run as beam_jobs.recommend_all, not as __main__: what crosses processes (the handler,
     # BatchRecs) is pickled by its module's name, and a worker process (Dataflow's,
     # --direct_running_mode=multi_processing) cannot import `__main__.BatchRecs`.
     from beam_jobs import recommend_all
 
-    recommend_all.exit_now(recommend_all.main())
+    pipeline.exit_now(recommend_all.main())
