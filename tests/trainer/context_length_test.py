@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from beam_jobs import synthetic
+from tests.beam_jobs import util as beam_util
 from tests.trainer import cli
 from trainer import data, export, loop
 from trainer.config import TrainConfig
@@ -17,13 +19,11 @@ L = 20
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     base = tmp_path_factory.mktemp("long")
-    for argv in (("beam_jobs.synthetic", f"--output_dir={base / 'raw'}", "--num_users=200",
-                  "--num_movies=150"),
-                 ("beam_jobs.pipeline", f"--input_dir={base / 'raw'}",
-                  f"--output_dir={base / 'data'}", f"--max_context_length={L}",
-                  "--num_shards=2")):
-        subprocess.run([sys.executable, "-m", *argv], cwd=cli.ROOT, env=cli.env(), check=True,
-                       capture_output=True, timeout=300)
+    # In this process: no interpreter start or Beam import (the command lines have their
+    # own tests).
+    synthetic.generate(synthetic.Config(num_users=200, num_movies=150), str(base / "raw"))
+    beam_util.run_job(base / "raw", base / "data", f"--max_context_length={L}",
+                      "--num_shards=2")
     return str(base / "data")
 
 

@@ -3,12 +3,12 @@ evaluated every epoch, test once at the end, both in metrics.json;
 --eval_split; --eval_exclude_seen; data_dirs without validation still train."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
+from beam_jobs import synthetic
+from tests.beam_jobs import util as beam_util
 from tests.trainer import cli
 from trainer import data, evaluate, loop
 from trainer.config import TrainConfig
@@ -19,22 +19,17 @@ FLAGS = dict(epochs=2, global_batch_size=256, embedding_dim=16, checkpoint_every
              export=False)
 
 
-def _beam(*argv: str) -> None:
-    subprocess.run([sys.executable, "-m", *argv], cwd=cli.ROOT, env=cli.env(), check=True,
-                   capture_output=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
     """{"validation": the job's default output, "novalidation": --novalidation's}."""
     base = tmp_path_factory.mktemp("protocol")
-    _beam("beam_jobs.synthetic", f"--output_dir={base / 'raw'}", "--num_users=300",
-          "--num_movies=200")
+    # The generator and the Beam job in this process (the command lines have their own
+    # tests): no interpreter start or Beam import per data_dir.
+    synthetic.generate(synthetic.Config(num_users=300, num_movies=200), str(base / "raw"))
     out = {}
     for name, extra in (("validation", []), ("novalidation", ["--novalidation"])):
         out[name] = str(base / name)
-        _beam("beam_jobs.pipeline", f"--input_dir={base / 'raw'}", f"--output_dir={out[name]}",
-              "--num_shards=2", *extra)
+        beam_util.run_job(base / "raw", out[name], "--num_shards=2", *extra)
     return out
 
 
