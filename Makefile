@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/sample
+# pytest-xdist workers for `make test` ("auto": one per core; each holds a TensorFlow).
+TEST_WORKERS ?= 2
 # A viewing history from the sample: user 1's first ten movies, oldest first.
 HISTORY ?= 273,290,403,164,339,396,282,26,66,285
 
@@ -26,9 +28,11 @@ run: venv
 		--virtual_cpu_devices=2 --epochs=5 --global_batch_size=1024
 	$(PY) -m trainer.recommend --model_dir=$(OUT)/model --history=$(HISTORY) --k=10
 
+# The suite in TEST_WORKERS processes (pytest-xdist), whole test files each, slow files first
+# (tests/conftest.py): most tests wait on subprocesses or one core, so 2 workers fill 2 cores.
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests --durations=25
+	$(PY) -m pytest tests --durations=25 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: venv
 	$(PY) -m ruff check .

