@@ -434,11 +434,14 @@ class SequentialRetrievalModel(tfrs.Model):
         if (self.history_negatives or self.candidate_softmax_weight) and not self.sparse_loss:
             raise ValueError("history_negatives and candidate_softmax_weight extend the "
                              "blocked loss: they need sparse_loss and no accidental-hit removal")
+        if movie_ids is not None and (self.history_negatives or sampling_probability is not None):
+            # Raw id -> row r (0: pad, 1: unknown id, 2..: movie_ids) of the per-movie
+            # constants below (no variables: checkpoints do not depend on it).
+            self._rows = _lookup(movie_ids, "row_lookup")
         if self.history_negatives:
             if movie_ids is None or label_counts is None:
                 raise ValueError("history_negatives needs movie_ids and label_counts")
-            # Row r of the lookup -> log q (rows 0 and 1, pad and unknown: the lowest).
-            self._share_lookup = _lookup(movie_ids, "share_lookup")
+            # Row r -> log q (rows 0 and 1, pad and unknown: the lowest).
             log_share = popularity_log_prior(label_counts)
             self._log_share = tf.constant(np.concatenate([[log_share.min()] * 2, log_share]))
         self.uniform_negatives = int(uniform_negatives)
@@ -453,9 +456,7 @@ class SequentialRetrievalModel(tfrs.Model):
         if sampling_probability is not None:
             if movie_ids is None or len(movie_ids) != len(sampling_probability):
                 raise ValueError("sampling_probability needs movie_ids of the same length")
-            # Row r of the lookup (0: pad, 1: unknown id, 2..: movie_ids) ->
-            # probability; pad and unknown ids get 0 (clipped to 1e-6 by TFRS).
-            self._probability_lookup = _lookup(movie_ids, "sampling_lookup")
+            # Row r -> probability; pad and unknown ids get 0 (clipped to 1e-6 by TFRS).
             self._probability = tf.constant(
                 np.concatenate([[0.0, 0.0], np.asarray(sampling_probability, np.float32)]),
                 tf.float32)
@@ -506,7 +507,7 @@ class SequentialRetrievalModel(tfrs.Model):
         embedded = tf.reshape(embedded, tf.concat([tf.shape(context), [-1]], axis=0))
         valid = tf.logical_and(tf.not_equal(context, schema.PAD_MOVIE_ID),
                                tf.not_equal(context, label))
-        rows = self._share_lookup(context)
+        rows = self._rows(context)
         correction = None
         if self._probability is not None:
             correction = losses.log_correction(tf.gather(self._probability, rows))
@@ -536,7 +537,7 @@ class SequentialRetrievalModel(tfrs.Model):
             candidate = tf.concat([candidate, tf.cast(extra, candidate.dtype)], axis=0)
         probability = None
         if self._probability is not None:
-            probability = tf.gather(self._probability, self._probability_lookup(ids))
+            probability = tf.gather(self._probability, self._rows(ids))
         if self.sparse_loss:  # the same sum as self.task's, far less memory
             history = (self._history_scores(query, features, in_batch, training)
                        if self.history_negatives else None)
