@@ -82,7 +82,7 @@ from apache_beam.ml.inference import base as _inference_base
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from beam_jobs import options, outputs, pipeline, schema
+from beam_jobs import options, outputs, pipeline, process, schema
 from beam_jobs.options import FlagError, at_least, option
 from beam_jobs.tfrecord import write_bytes
 
@@ -644,4 +644,4 @@ if __name__ == "__main__":
     # --direct_running_mode=multi_processing) cannot import `__main__.BatchRecs`.
     from beam_jobs import recommend_all
 
-    pipeline.exit_now(recommend_all.main())
+    process.exit_now(recommend_all.main())

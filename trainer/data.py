@@ -31,6 +31,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import re
+import threading
 import time
 import zlib
 
@@ -428,6 +429,32 @@ def check_sizes(info: DataInfo, global_batch_size: int) -> None:
             f"{info.data_dir}: the test split holds no examples ({schema.METADATA_FILE} counts "
             "0 test_examples); evaluation needs some. Rebuild the data_dir with "
             "beam_jobs.pipeline --split=last (one test example a user).")
+
+
+class Batches:
+    """The run's one iterator over a distributed dataset: `next(batches)` is the
+    next step's per-replica batches. Leaving the `with` block hands the iterator
+    to a daemon thread that drops it there.
+
+    Why: destroying a tf.data iterator joins its autotune thread, which can sit
+    in a timed wait of up to 60 s that the destruction does not wake (TF 2.21;
+    docs/design.md). Dropped here, that wait holds up nothing: the thread
+    releases the GIL while it waits, and the process may exit under it.
+    """
+
+    def __init__(self, dataset):
+        self._iterator = iter(dataset)
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def __enter__(self) -> Batches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        box = [self._iterator]
+        self._iterator = None
+        threading.Thread(target=box.clear, name="release-train-iterator", daemon=True).start()
 
 
 def epoch_seed(seed: int, epoch):

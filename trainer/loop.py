@@ -10,6 +10,7 @@ distribute.configure_virtual_cpus before anything initialises TensorFlow).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -48,7 +49,7 @@ def run(cfg: TrainConfig) -> dict:
     strategy = distribute.make_strategy(t.strategy)
     # From here SIGTERM/SIGINT request a stop at the next step boundary. Entered
     # after the strategy: its runtime may install a SIGTERM handler of its own.
-    with preemption.StopSignals() as signals:
+    with preemption.StopSignals() as signals, contextlib.ExitStack() as cleanup:
         data.check_first_records(info)
         distribute.log_strategy(strategy)
         is_chief = distribute.task_of(strategy).is_chief
@@ -79,7 +80,8 @@ def run(cfg: TrainConfig) -> dict:
                                     t.keep_checkpoints)
         train_log, eval_log = _summary_writers(cfg, is_chief)
         evaluator = hooks.Evaluator(info, cfg, eval_log) if is_chief else None
-        iterator = iter(task.build_inputs(strategy, step))  # one iterator for the run (data.py)
+        # The run's one iterator (data.py); released off this thread when run ends.
+        batches = cleanup.enter_context(data.Batches(task.build_inputs(strategy, step)))
         train_step = task.train_step(model, optimizer, strategy)
         any_worker = distribute.any_worker(strategy)
         logging.info("Training steps %d..%d: %d epoch(s) x %d steps of %d examples (%d per "
@@ -90,7 +92,7 @@ def run(cfg: TrainConfig) -> dict:
         while step < total:
             epoch, in_epoch = divmod(step, per_epoch)
             progress = progress or console.Progress(epoch + 1, t.epochs, per_epoch, in_epoch)
-            loss = _step(train_step, iterator, info, step)
+            loss = _step(train_step, batches, info, step)
             step += 1
             if t0 is None:  # the first step traces the step function: time from after it
                 t0, t0_step = time.time(), step
@@ -174,12 +176,12 @@ def prepare(cfg: TrainConfig) -> data.DataInfo:
     return info
 
 
-def _step(train_step, iterator, info: data.DataInfo, step: int) -> float:
+def _step(train_step, batches: data.Batches, info: data.DataInfo, step: int) -> float:
     """One training step; a shard that cannot be read, or a train split that
     holds fewer (or more) examples than metadata.json counts, stops training
     naming the shard."""
     try:
-        return float(train_step(next(iterator)))
+        return float(train_step(next(batches)))
     except data.READ_ERRORS as e:
         raise data.reading_failed(info, schema.TRAIN, e, f"training stopped at step {step}, "
                                   "the last checkpoint is kept") from None

@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from beam_jobs import schema
+from beam_jobs import process, schema
 from trainer import config, console
 
 FLAGS = flags.FLAGS
@@ -76,7 +76,10 @@ def main() -> None:
     # script), so --helpshort lists them although trainer.config defines them.
     for name in config.define_flags(FLAGS):
         FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(_main, flags_parser=_parse_flags)
+    # Exit without interpreter teardown: run() has closed every output by then, and
+    # teardown would destroy TensorFlow's objects, which took up to 25 s here (the
+    # iterator's autotune thread; beam_jobs/process.py).
+    app.run(lambda argv: process.exit_now(_main(argv)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """trainer/data.py on small contract-shaped data_dirs (tests/trainer/datadir.py)."""
 import collections
 import os
+import threading
 
 import pytest
 import tensorflow as tf
@@ -48,6 +49,29 @@ def test_run_stream_is_deterministic_and_skips_consumed_steps(good):
     assert full == _labels(data.make_train_dataset(info, 32, 2, seed=3, shuffle_buffer=100))
     for start in (5, steps, steps + 7):  # mid-epoch, epoch boundary, mid second epoch
         assert _labels(data.make_train_dataset(info, 32, 2, 3, 100, start_step=start)) == full[start:]
+
+
+def test_batches_release_their_iterator_off_the_calling_thread():
+    # Destroying a tf.data iterator can wait up to 60 s on its autotune thread
+    # (docs/design.md): leaving the block must not be where that happens.
+    deleted_on = []
+
+    class Probe:
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return 7
+
+        def __del__(self):
+            deleted_on.append(threading.current_thread().name)
+
+    with data.Batches(Probe()) as batches:
+        assert next(batches) == 7
+    for t in threading.enumerate():
+        if t.name == "release-train-iterator":
+            t.join(10)
+    assert deleted_on == ["release-train-iterator"]
 
 
 def test_replicas_get_per_replica_batches(good):
