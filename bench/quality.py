@@ -21,6 +21,9 @@ Rows, each in a fresh process from a frozen copy of the source (see snapshot):
     the tutorial's pipeline and model, trained by its own model.fit on the train
     split as one uncompressed TFRecord file (made from the shards once, outside
     every timing) and scored by the trainer's evaluator (bench/tutorial_run.py);
+  * "markov chain, last 3 movies": trainer/markov.py's counting baseline
+    (bench/markov_run.py): the next movie by how often it followed each of the
+    last 3 movies in the train split; no training;
   * "tutorial preset": its setup on our trainer (`--preset=tutorial`);
   * "defaults": `python -m trainer.train` with no flags;
   * `--row NAME=FLAGS` adds or replaces trainer rows; `--only NAME` (a row's name,
@@ -34,8 +37,9 @@ without each user's already-rated movies in every row (the trainer's
 --eval_exclude_seen), popularity included. "chosen on" says which split the
 row's configuration was chosen on ("tutorial": taken as published, not tuned
 here). "train s": trainer rows, the training steps only (from the trainer's
-per-epoch examples/s log lines); tutorial's code, its model.fit. "wall s": the
-whole process (start-up, data checks, input warm-up, evaluation).
+per-epoch examples/s log lines); tutorial's code, its model.fit; the Markov chain,
+its counting pass. "wall s": the whole process (start-up, data checks, input
+warm-up, evaluation).
 """
 from __future__ import annotations
 
@@ -72,15 +76,20 @@ DEFAULTS_CHOSEN_ON = "validation (kept)"
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One configuration: which data_dir ("last" or "random"), trainer flags, the
-    split it was chosen on, and tutorial_epochs > 0 for the tutorial's own code."""
+    split it was chosen on, tutorial_epochs > 0 for the tutorial's own code, markov
+    for the counting baseline (bench/markov_run.py)."""
 
     data: str = "last"
     flags: tuple[str, ...] = ()
     chosen_on: str = "-"
     tutorial_epochs: int = 0
+    markov: bool = False
 
 
+MARKOV_ROW = "markov chain, last 3 movies"
 ROWS = {
+    # trainer/markov.py's defaults were chosen on ML-100K's validation split.
+    MARKOV_ROW: Row(chosen_on="validation", markov=True),
     "tutorial preset": Row(flags=("--preset=tutorial",), chosen_on="tutorial"),
     "defaults": Row(chosen_on=DEFAULTS_CHOSEN_ON),
     "tutorial preset, random split": Row("random", ("--preset=tutorial",), "tutorial"),
@@ -154,6 +163,21 @@ def run_tutorial(data_dir: str, epochs: int, work: str, exclude_seen: bool = Fal
             "best_rate": round(timing["examples_per_epoch"] / min(timing["epoch_s"]))}
 
 
+def run_markov(data_dir: str, work: str, exclude_seen: bool = False) -> dict:
+    """Counts and scores the Markov baseline (bench/markov_run.py); the same dict as
+    run_row. train_s: the counting pass over the train split."""
+    out = tempfile.mkdtemp(prefix="markov-", dir=work)
+    output = os.path.join(out, "metrics.json")
+    wall, _ = _child(snapshot(work), "bench.markov_run",
+                     [f"--data_dir={data_dir}", f"--output={output}",
+                      *(["--exclude_seen"] if exclude_seen else [])],
+                     os.path.join(out, "run.log"))
+    with open(output) as f:
+        metrics = json.load(f)
+    return {"metrics": metrics, "train_s": metrics.pop("timing")["fit_s"], "wall_s": wall,
+            "best_rate": None}
+
+
 def select_rows(tutorial_epochs, extra: list[str], only: list[str], random: bool) -> dict:
     """name -> Row: the tutorial's code per epoch count, ROWS, then --row additions;
     only: names (or the part before a name's comma) to keep; random: whether a
@@ -211,6 +235,8 @@ def run_data_set(dirs: dict, rows: dict, work: str, exclude_seen: bool) -> list[
         data_dir = dirs[row.data]
         if row.tutorial_epochs:
             r = run_tutorial(data_dir, row.tutorial_epochs, work, exclude_seen)
+        elif row.markov:
+            r = run_markov(data_dir, work, exclude_seen)
         else:
             r = run_row(data_dir, row.flags, work, exclude_seen)
         popularity.setdefault(row.data, popularity_metrics(r["metrics"]))

@@ -151,3 +151,26 @@ def test_tutorial_row_reports_what_trainer_rows_report(tiny):
     want = [f"{tut['metrics'][s]['top_10']:.4f}" if s in splits else "-"
             for s in quality.EVAL_SPLITS]
     assert cell == " / ".join(want)
+
+
+@pytest.mark.slow
+def test_markov_row_is_scored_like_the_others(tiny):
+    work, data_dir = tiny
+    info = data.load_data_dir(data_dir)
+    splits = data.eval_splits(info)
+    seen = schema.has_seen_movie_ids(info.metadata)
+    rows = quality.select_rows([3], [], [quality.MARKOV_ROW], random=False)
+    assert list(rows) == [quality.MARKOV_ROW] and rows[quality.MARKOV_ROW].markov
+    out = quality.run_data_set({"last": data_dir}, rows, work, exclude_seen=seen)
+    assert [r["name"] for r in out] == ["popularity", quality.MARKOV_ROW]
+    pop, row = out
+    assert set(row["metrics"]) == set(splits) and row["train_s"] > 0 and not row["best_rate"]
+    for split in splits:
+        ds = data.make_eval_dataset(info, 512, split, seen=seen)
+        # The same evaluator and exclusion as every row: popularity agrees in-process.
+        assert pop["metrics"][split] == pytest.approx(
+            evaluate.popularity_baseline(ds, info.movie_ids, info.counts, exclude_seen=seen),
+            rel=1e-12)
+        assert row["metrics"][split]["num_queries"] == info.num_examples[split]
+        # The synthetic generator's users follow their last movies: counting beats popularity.
+        assert row["metrics"][split]["mrr"] > pop["metrics"][split]["mrr"]

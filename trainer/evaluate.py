@@ -265,6 +265,39 @@ def _finish(run, dataset: tf.data.Dataset, ks, ndcg_k) -> dict:
     return metrics
 
 
+def _label_ranks(scores, features, context, label_index, table, vocab_size: int,
+                 exclude_context: bool, exclude_seen: bool, position=None):
+    """(rank float64 [B], tied bool [B]) of each query's label among its scores [B, V].
+
+    rank = 1 + the candidates scored above the label (inf where a score is not
+    finite), leaving out the excluded ones; tied: whether another candidate has the
+    label's score (ties count in the label's favour). position: int64 [V] or None: a
+    strict order breaking score ties instead (a tied candidate of lower position
+    ranks above the label; tied is then False).
+    """
+    label_score = tf.gather(scores, label_index, batch_dims=1)[:, None]  # [B, 1]
+    above = scores > label_score  # [B, V]
+    level = tf.equal(scores, label_score)
+    if position is not None:
+        label_position = tf.gather(position, label_index)[:, None]
+        above |= level & (position[None, :] < label_position)
+        level &= tf.equal(position[None, :], label_position)  # the label alone
+    greater = tf.reduce_sum(tf.cast(above, tf.int64), axis=1)  # [B]
+    # Ties with other candidates (the label equals itself once).
+    tied = tf.reduce_sum(tf.cast(level, tf.int64), axis=1) - 1
+    if exclude_seen:  # the context is part of what was seen
+        seen = _seen_mask(features, label_index, table, vocab_size)
+        greater -= tf.reduce_sum(tf.cast(seen & above, tf.int64), axis=1)
+        tied -= tf.reduce_sum(tf.cast(seen & level, tf.int64), axis=1)
+    elif exclude_context:
+        index, mask = _excluded_context(context, label_index, table)
+        greater -= tf.reduce_sum(tf.cast(mask & tf.gather(above, index, batch_dims=1), tf.int64), 1)
+        tied -= tf.reduce_sum(tf.cast(mask & tf.gather(level, index, batch_dims=1), tf.int64), 1)
+    finite = tf.reduce_all(tf.math.is_finite(scores), axis=1)
+    rank = tf.where(finite, tf.cast(greater, tf.float64) + 1.0, np.inf)
+    return rank, finite & (tied > 0)
+
+
 def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, exclude_context,
                    exclude_seen):
     """The traced retrieval evaluation for these towers/vocabulary/options, built
@@ -287,22 +320,8 @@ def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, ex
         context, label_index = _batch_ids(features, table)
         query = tf.cast(query_model(context), tf.float32)  # [B, d]
         scores = tf.matmul(query, cand, transpose_b=True)  # [B, V]
-        label_score = tf.gather(scores, label_index, batch_dims=1)[:, None]  # [B, 1]
-        greater = tf.reduce_sum(tf.cast(scores > label_score, tf.int64), axis=1)  # [B]
-        # Ties with other candidates (the label equals itself once).
-        tied = tf.reduce_sum(tf.cast(scores == label_score, tf.int64), axis=1) - 1
-        if exclude_seen:  # the context is part of what was seen
-            seen = _seen_mask(features, label_index, table, ids.size)
-            greater -= tf.reduce_sum(tf.cast(seen & (scores > label_score), tf.int64), axis=1)
-            tied -= tf.reduce_sum(tf.cast(seen & (scores == label_score), tf.int64), axis=1)
-        elif exclude_context:
-            index, mask = _excluded_context(context, label_index, table)
-            context_scores = tf.gather(scores, index, batch_dims=1)  # [B, L]
-            greater -= tf.reduce_sum(tf.cast(mask & (context_scores > label_score), tf.int64), 1)
-            tied -= tf.reduce_sum(tf.cast(mask & (context_scores == label_score), tf.int64), 1)
-        finite = tf.reduce_all(tf.math.is_finite(scores), axis=1)
-        rank = tf.where(finite, tf.cast(greater, tf.float64) + 1.0, np.inf)
-        return rank, finite & (tied > 0)
+        return _label_ranks(scores, features, context, label_index, table, ids.size,
+                            exclude_context, exclude_seen)
 
     run = _make_run(ranks, ks, ndcg_k, prepare)
     _TRACED[key] = run
@@ -381,17 +400,9 @@ def popularity_baseline(
     """
     ks = _check_ks(ks, ndcg_k)
     ids = _check_vocab(movie_ids)
-    if isinstance(counts, Mapping):
-        counts = [counts.get(int(i), 0) for i in ids]
-    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
-    if counts.size != ids.size:
-        raise ValueError(f"counts has {counts.size} entries but movie_ids has {ids.size}")
     # position[i]: how many candidates rank above vocabulary entry i. The
     # ranking is the same for every query, so no score matrix is needed.
-    order = np.lexsort((np.arange(ids.size), -counts))  # by count desc, then vocab order
-    position = np.empty(ids.size, np.int64)
-    position[order] = np.arange(ids.size)
-    position = tf.constant(position)
+    position = tf.constant(_popularity_position(ids, counts))
     table = _vocab_table(ids)
 
     def ranks(features, _):
@@ -407,5 +418,72 @@ def popularity_baseline(
             context_above = mask & (tf.gather(position, index) < label_position[:, None])
             above -= tf.reduce_sum(tf.cast(context_above, tf.int64), axis=1)
         return tf.cast(above, tf.float64) + 1.0, tf.zeros_like(above, tf.bool)
+
+    return _finish(_make_run(ranks, ks, ndcg_k), dataset, ks, ndcg_k)
+
+
+def _popularity_position(ids: np.ndarray, counts) -> np.ndarray:
+    """int64 [V]: each vocabulary entry's place in the popularity order (most counted
+    first, ties by vocabulary order). counts: aligned with ids, or a mapping id -> count."""
+    if isinstance(counts, Mapping):
+        counts = [counts.get(int(i), 0) for i in ids]
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if counts.size != ids.size:
+        raise ValueError(f"counts has {counts.size} entries but movie_ids has {ids.size}")
+    order = np.lexsort((np.arange(ids.size), -counts))  # by count desc, then vocab order
+    position = np.empty(ids.size, np.int64)
+    position[order] = np.arange(ids.size)
+    return position
+
+
+def markov_baseline(
+    dataset: tf.data.Dataset,
+    movie_ids: Sequence[int],
+    successors: np.ndarray,
+    counts: Sequence[int] | Mapping[int, int],
+    last: int,
+    decay: float,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    exclude_context: bool = False,
+    exclude_seen: bool = False,
+    ndcg_k: int = 10,
+) -> dict:
+    """The same metrics for trainer/markov.py's counting baseline: candidate j scores
+    sum_b decay^b successors[i_b, j] over the query's last `last` context movies i_b
+    (b = 0 the last; unknown ids count nothing); ties are broken by popularity
+    (`counts`), then vocabulary order, so label_tie_rate is 0.
+
+    Args:
+      dataset, movie_ids, ks, exclude_context, exclude_seen, ndcg_k: as
+        evaluate_retrieval.
+      successors: float [V, V] from markov.successor_matrix over the same movie_ids.
+      counts: as popularity_baseline.
+      last, decay: as given to markov.successor_matrix.
+
+    Returns:
+      The same dict as evaluate_retrieval.
+    """
+    ks = _check_ks(ks, ndcg_k)
+    ids = _check_vocab(movie_ids)
+    successors = np.asarray(successors, np.float32)
+    if successors.shape != (ids.size, ids.size):
+        raise ValueError(f"successors is {successors.shape}, not [V, V] for {ids.size} movies")
+    matrix = tf.constant(successors)
+    position = tf.constant(_popularity_position(ids, counts))
+    table = _vocab_table(ids)
+
+    def ranks(features, _):
+        context, label_index = _batch_ids(features, table)
+        index = table.lookup(context)  # [B, L]; -1: pad or unknown
+        length = tf.reduce_sum(tf.cast(context != schema.PAD_MOVIE_ID, tf.int64), axis=1)
+        scores = tf.zeros([tf.shape(context)[0], ids.size], tf.float32)
+        for b in range(last):
+            at = length - 1 - b
+            movie = tf.gather(index, tf.maximum(at, 0), batch_dims=1)  # [B]
+            weight = tf.where((at >= 0) & (movie >= 0), decay ** b, 0.0)
+            scores += weight[:, None] * tf.gather(matrix, tf.maximum(movie, 0))
+        return _label_ranks(scores, features, context, label_index, table, ids.size,
+                            exclude_context, exclude_seen, position)
 
     return _finish(_make_run(ranks, ks, ndcg_k), dataset, ks, ndcg_k)
