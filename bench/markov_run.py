@@ -5,7 +5,7 @@
 
 One fresh process: reads the data_dir as the trainer does (trainer.data.load_data_dir:
 the marker, manifest and every shard's SHA-256), counts the train split once in file
-order (markov.successor_matrix) and scores every evaluation split with
+order (markov.count_successors) and scores every evaluation split with
 trainer.evaluate.markov_baseline, the trainer rows' metrics over the same vocabulary.
 The popularity baseline is scored too, under metrics.json's keys.
 
@@ -38,7 +38,7 @@ def run(data_dir: str, exclude_seen: bool = False, last: int = markov.DEFAULT_LA
     start = time.perf_counter()
     train = data.make_eval_dataset(info, COUNT_BATCH, schema.TRAIN)
     try:
-        successors = markov.successor_matrix(
+        successors = markov.count_successors(
             ((b[schema.CONTEXT_MOVIE_ID].numpy(), b[schema.LABEL_MOVIE_ID].numpy())
              for b in train), info.movie_ids, last, decay, smoothing)
     except data.READ_ERRORS as e:
@@ -51,7 +51,7 @@ def run(data_dir: str, exclude_seen: bool = False, last: int = markov.DEFAULT_LA
     for split in data.eval_splits(info):
         ds = data.make_eval_dataset(info, batch, split, seen=exclude_seen)
         results[split] = evaluate.markov_baseline(ds, info.movie_ids, successors, info.counts,
-                                                  last, decay, exclude_seen=exclude_seen)
+                                                  exclude_seen=exclude_seen)
         results[hooks.popularity_name(split)] = evaluate.popularity_baseline(
             ds, info.movie_ids, info.counts, exclude_seen=exclude_seen)
     return results

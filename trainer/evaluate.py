@@ -63,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 
 from beam_jobs import schema
+from trainer import markov
 
 DEFAULT_KS = (1, 5, 10, 50, 100)
 
@@ -439,51 +440,45 @@ def _popularity_position(ids: np.ndarray, counts) -> np.ndarray:
 def markov_baseline(
     dataset: tf.data.Dataset,
     movie_ids: Sequence[int],
-    successors: np.ndarray,
+    successors: markov.Successors,
     counts: Sequence[int] | Mapping[int, int],
-    last: int,
-    decay: float,
     ks: Sequence[int] = DEFAULT_KS,
     *,
     exclude_context: bool = False,
     exclude_seen: bool = False,
     ndcg_k: int = 10,
 ) -> dict:
-    """The same metrics for trainer/markov.py's counting baseline: candidate j scores
-    sum_b decay^b successors[i_b, j] over the query's last `last` context movies i_b
-    (b = 0 the last; unknown ids count nothing); ties are broken by popularity
-    (`counts`), then vocabulary order, so label_tie_rate is 0.
+    """The same metrics for trainer/markov.py's counting baseline: candidates ranked by
+    markov.successor_scores of the query's context; ties (movies none of its last
+    movies was followed by) broken by popularity (`counts`), then vocabulary order, so
+    label_tie_rate is 0.
 
     Args:
       dataset, movie_ids, ks, exclude_context, exclude_seen, ndcg_k: as
         evaluate_retrieval.
-      successors: float [V, V] from markov.successor_matrix over the same movie_ids.
+      successors: from markov.count_successors over the same movie_ids.
       counts: as popularity_baseline.
-      last, decay: as given to markov.successor_matrix.
 
     Returns:
       The same dict as evaluate_retrieval.
     """
     ks = _check_ks(ks, ndcg_k)
     ids = _check_vocab(movie_ids)
-    successors = np.asarray(successors, np.float32)
-    if successors.shape != (ids.size, ids.size):
-        raise ValueError(f"successors is {successors.shape}, not [V, V] for {ids.size} movies")
-    matrix = tf.constant(successors)
+    _check_successors(successors, ids)
     position = tf.constant(_popularity_position(ids, counts))
     table = _vocab_table(ids)
+    index, weight = tf.constant(successors.index), tf.constant(successors.weight)
 
     def ranks(features, _):
         context, label_index = _batch_ids(features, table)
-        index = table.lookup(context)  # [B, L]; -1: pad or unknown
-        length = tf.reduce_sum(tf.cast(context != schema.PAD_MOVIE_ID, tf.int64), axis=1)
-        scores = tf.zeros([tf.shape(context)[0], ids.size], tf.float32)
-        for b in range(last):
-            at = length - 1 - b
-            movie = tf.gather(index, tf.maximum(at, 0), batch_dims=1)  # [B]
-            weight = tf.where((at >= 0) & (movie >= 0), decay ** b, 0.0)
-            scores += weight[:, None] * tf.gather(matrix, tf.maximum(movie, 0))
+        scores = markov.successor_scores(index, weight, context, table.lookup(context),
+                                         successors.last, successors.decay)
         return _label_ranks(scores, features, context, label_index, table, ids.size,
                             exclude_context, exclude_seen, position)
 
     return _finish(_make_run(ranks, ks, ndcg_k), dataset, ks, ndcg_k)
+
+
+def _check_successors(successors: markov.Successors, ids: np.ndarray) -> None:
+    if successors.index.shape[0] != ids.size:
+        raise ValueError(f"successors has {successors.index.shape[0]} rows for {ids.size} movies")

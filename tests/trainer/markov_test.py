@@ -12,7 +12,7 @@ from tests.trainer import datadir
 from trainer import data, evaluate, markov
 
 
-def test_successor_matrix_by_hand():
+def test_successors_by_hand():
     vocab = [10, 20, 30, 40]
     batches = [
         # last 30 -> 40 (weight 1), the one before, 20 -> 40 (weight 0.5)
@@ -22,7 +22,7 @@ def test_successor_matrix_by_hand():
         # an unknown label counts nothing
         (np.array([[10, 0, 0, 0]]), np.array([77])),
     ]
-    got = markov.successor_matrix(batches, vocab, last=2, decay=0.5, smoothing=1.0)
+    got = markov.count_successors(batches, vocab, last=2, decay=0.5, smoothing=1.0).dense()
     want = np.zeros((4, 4), np.float32)
     want[1, 3] = want[1, 2] = 0.5 / (1.0 + 1.0)  # row 20: total 1, + smoothing 1
     want[2, 3] = 1.0 / (1.0 + 1.0)  # row 30
@@ -30,11 +30,17 @@ def test_successor_matrix_by_hand():
     assert got.dtype == np.float32
 
 
-def test_successor_matrix_refusals():
-    with pytest.raises(ValueError, match="refused above"):
-        markov.successor_matrix([], range(1, markov.MAX_MOVIES + 2))
+def test_successors_keep_each_rows_top_entries():
+    vocab = [1, 2, 3, 4]
+    # Movie 1 is followed by 4 three times, 2 twice, 3 once.
+    labels = np.array([4, 4, 4, 2, 2, 3])
+    got = markov.count_successors([(np.ones((6, 1), np.int64), labels)], vocab, last=1,
+                                  smoothing=0.0, top=2)
+    assert got.index[0].tolist() == [3, 1]  # vocabulary positions of 4, then 2
+    np.testing.assert_allclose(got.weight[0], [3 / 6, 2 / 6])
+    assert (got.index[1:] == -1).all() and (got.weight[1:] == 0).all()
     with pytest.raises(ValueError, match="decay > 0"):
-        markov.successor_matrix([], [1, 2], decay=0.0)
+        markov.count_successors([], [1, 2], decay=0.0)
 
 
 def _reference_ranks(matrix, position, vocab, contexts, labels, last, decay, exclude_context):
@@ -69,10 +75,11 @@ def test_markov_baseline_ranks_like_the_reference(exclude_context):
         return contexts, rng.choice(vocab, n)
 
     train, (contexts, labels) = examples(300), examples(64)
-    matrix = markov.successor_matrix([train], vocab, last=3, decay=0.6, smoothing=2.0)
+    successors = markov.count_successors([train], vocab, last=3, decay=0.6, smoothing=2.0)
+    matrix = successors.dense()
     ds = tf.data.Dataset.from_tensor_slices(
         {schema.CONTEXT_MOVIE_ID: contexts, schema.LABEL_MOVIE_ID: labels}).batch(16)
-    got = evaluate.markov_baseline(ds, vocab, matrix, counts, 3, 0.6, ks=(1, 3, 10),
+    got = evaluate.markov_baseline(ds, vocab, successors, counts, ks=(1, 3, 10),
                                    exclude_context=exclude_context)
     position = evaluate._popularity_position(np.array(vocab), counts)
     rank = _reference_ranks(matrix, position, vocab, contexts, labels, 3, 0.6, exclude_context)
@@ -84,8 +91,10 @@ def test_markov_baseline_ranks_like_the_reference(exclude_context):
     # The scores matter: with every successor count zeroed it is the popularity ranking.
     pop = evaluate.popularity_baseline(ds, vocab, counts, ks=(1, 3, 10),
                                        exclude_context=exclude_context)
-    flat = evaluate.markov_baseline(ds, vocab, np.zeros_like(matrix), counts, 3, 0.6,
-                                    ks=(1, 3, 10), exclude_context=exclude_context)
+    none = markov.Successors(np.full_like(successors.index, -1),
+                             np.zeros_like(successors.weight), 3, 0.6)
+    flat = evaluate.markov_baseline(ds, vocab, none, counts, ks=(1, 3, 10),
+                                    exclude_context=exclude_context)
     assert flat == pytest.approx(pop) and got["mrr"] != pytest.approx(pop["mrr"])
 
 
