@@ -21,10 +21,7 @@ import sys
 import time
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports Keras)
-from beam_jobs import schema
 from trainer import config, data, evaluate, hooks, markov
-
-COUNT_BATCH = 8192
 
 
 def run(data_dir: str, exclude_seen: bool = False, last: int = markov.DEFAULT_LAST,
@@ -36,13 +33,8 @@ def run(data_dir: str, exclude_seen: bool = False, last: int = markov.DEFAULT_LA
     if exclude_seen:
         data.check_seen(info)
     start = time.perf_counter()
-    train = data.make_eval_dataset(info, COUNT_BATCH, schema.TRAIN)
-    try:
-        successors = markov.count_successors(
-            ((b[schema.CONTEXT_MOVIE_ID].numpy(), b[schema.LABEL_MOVIE_ID].numpy())
-             for b in train), info.movie_ids, last, decay, smoothing)
-    except data.READ_ERRORS as e:
-        raise data.reading_failed(info, schema.TRAIN, e, "nothing counted") from None
+    successors = markov.count_successors(hooks.train_batches(info, "nothing counted"),
+                                         info.movie_ids, last, decay, smoothing)
     results = {"eval_split": data.eval_split(info, "auto"),
                "timing": {"fit_s": time.perf_counter() - start},
                "markov": {"last": last, "decay": decay, "smoothing": smoothing},

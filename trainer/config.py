@@ -147,6 +147,11 @@ class ModelConfig:
     popularity_prior: float = option(
         1.0, "Weight b of b * log(label share) added to every score at inference "
         "(evaluation, export); 0: off.", check=at_least(0))
+    markov_weight: float = option(
+        0.0, "Blend counted successors into the model's ranking at inference (evaluation, "
+        "export): log(softmax(scores) + W * counted share of each movie after the last 3 "
+        "context movies) (trainer/markov.py; counted from the train split at start); 0: off.",
+        check=at_least(0))
     movie_features: bool = option(
         False, "Add each movie's content to its embedding in both towers: learned genre "
         "vectors (averaged over its genres) and a release-year bucket vector, read from "
@@ -415,7 +420,7 @@ TUTORIAL = {
     "normalize": False, "last_movies": 0, "mask_padding": False,
     "temperature": 1.0, "negatives": "per_replica", "logq_correction": 0.0,
     "remove_accidental_hits": False, "uniform_negatives": 0, "popularity_prior": 0.0,
-    "optimizer": "adagrad",
+    "markov_weight": 0.0, "optimizer": "adagrad",
     "lr_schedule": "constant",
     "warmup_fraction": 0.0,
 }

@@ -300,19 +300,25 @@ def _label_ranks(scores, features, context, label_index, table, vocab_size: int,
 
 
 def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, exclude_context,
-                   exclude_seen):
+                   exclude_seen, successors: markov.Successors | None = None,
+                   markov_weight: float = 0.0):
     """The traced retrieval evaluation for these towers/vocabulary/options, built
-    once and then reused (LRU of _TRACED_MAX). The key holds the towers' ids:
-    the cached function references the towers, so they stay alive (and their
-    ids unique) while cached."""
+    once and then reused (LRU of _TRACED_MAX). The key holds the towers' (and the
+    successors') ids: the cached function references them, so they stay alive (and
+    their ids unique) while cached."""
+    if not markov_weight:
+        successors = None
     key = (id(query_model), id(candidate_model), hashlib.sha256(ids.tobytes()).hexdigest(),
-           ks, ndcg_k, exclude_context, exclude_seen)
+           ks, ndcg_k, exclude_context, exclude_seen, id(successors), float(markov_weight))
     run = _TRACED.get(key)
     if run is not None:
         _TRACED.move_to_end(key)
         return run
     table = _vocab_table(ids)
     ids_t = tf.constant(ids)
+    if successors is not None:
+        _check_successors(successors, ids)
+        blend_index, blend_weight = tf.constant(successors.index), tf.constant(successors.weight)
 
     def prepare():
         return _embed(candidate_model, ids_t)  # [V, d], fresh every call
@@ -321,6 +327,10 @@ def _retrieval_run(query_model, candidate_model, ids: np.ndarray, ks, ndcg_k, ex
         context, label_index = _batch_ids(features, table)
         query = tf.cast(query_model(context), tf.float32)  # [B, d]
         scores = tf.matmul(query, cand, transpose_b=True)  # [B, V]
+        if successors is not None:
+            scores = markov.mix(scores, markov.successor_scores(
+                blend_index, blend_weight, context, table.lookup(context), successors.last,
+                successors.decay), markov_weight)
         return _label_ranks(scores, features, context, label_index, table, ids.size,
                             exclude_context, exclude_seen)
 
@@ -341,6 +351,8 @@ def evaluate_retrieval(
     exclude_context: bool = False,
     exclude_seen: bool = False,
     ndcg_k: int = 10,
+    successors: markov.Successors | None = None,
+    markov_weight: float = 0.0,
 ) -> dict:
     """Ranks each query's label among the whole vocabulary (see module doc).
 
@@ -362,6 +374,9 @@ def evaluate_retrieval(
         never consume an item twice (MovieLens: nobody re-rates a movie), so a
         seen movie can never be the next one; wrong for re-watches or re-buys.
       ndcg_k: cut-off of NDCG.
+      successors, markov_weight: with a weight > 0, rank by markov.mix of the
+        towers' scores and these successors' (from markov.count_successors over
+        the same movie_ids): --markov_weight.
 
     Returns:
       {"top_<k>": ..., "ndcg_<ndcg_k>": ..., "mrr": ..., "label_tie_rate": ...}
@@ -369,8 +384,10 @@ def evaluate_retrieval(
     """
     ks = _check_ks(ks, ndcg_k)
     ids = _check_vocab(movie_ids)
+    if markov_weight and successors is None:
+        raise ValueError("markov_weight > 0 needs successors (markov.count_successors)")
     run = _retrieval_run(query_model, candidate_model, ids, ks, ndcg_k, bool(exclude_context),
-                         bool(exclude_seen))
+                         bool(exclude_seen), successors, markov_weight)
     return _finish(run, dataset, ks, ndcg_k)
 
 

@@ -13,6 +13,9 @@ Each version (what `export_model(export_dir)` writes):
 
 D is the embedding width d, plus one column when the popularity prior is on (the query's
 column is 1 at inference, the candidate's is b log q): dot products are the model's scores.
+With --markov_weight > 0 the export also holds the counted successors (trainer/markov.py,
+[V, 100] indices and weights) and the serving signatures rank by their blend with those
+scores (markov.mix); query_embedding and candidates remain the towers' own.
 
 Signatures (`saved_model_cli show --all` output: docs/serving.md):
 
@@ -52,7 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from beam_jobs import schema
-from trainer import evaluate
+from trainer import evaluate, markov
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXCLUDE_CONTEXT = "serving_exclude_context"
@@ -68,9 +71,17 @@ class Recommender(tf.Module):
 
     def __init__(self, query_model: tf.keras.Model, candidate_embeddings: np.ndarray,
                  movie_ids: np.ndarray, titles: Sequence[str], vocab_path: str, k: int,
-                 context_length: int):
+                 context_length: int, successors: markov.Successors | None = None,
+                 markov_weight: float = 0.0):
         super().__init__(name="recommender")
         self.query_model = query_model
+        self.markov_weight = float(markov_weight) if successors is not None else 0.0
+        if self.markov_weight:  # variables, like the embeddings: not baked into the graph
+            self.successor_index = tf.Variable(successors.index, trainable=False,
+                                               name="successor_index")
+            self.successor_weight = tf.Variable(successors.weight, trainable=False,
+                                                name="successor_weight")
+            self._markov = (successors.last, successors.decay)
         # Variables, not constants: a [V, D] constant would bloat the graph proto.
         self.candidate_embeddings = tf.Variable(
             candidate_embeddings, trainable=False, name="candidate_embeddings")
@@ -120,6 +131,10 @@ class Recommender(tf.Module):
     def _recommend(self, context_movie_id: tf.Tensor, exclude_context: bool = False) -> dict:
         context, unknown = self._history(context_movie_id)
         scores = tf.matmul(self._query(context), self.candidate_embeddings, transpose_b=True)
+        if self.markov_weight:
+            counted = markov.successor_scores(self.successor_index, self.successor_weight,
+                                              context, self.index.lookup(context), *self._markov)
+            scores = markov.mix(scores, counted, self.markov_weight)
         if exclude_context:
             scores = tf.where(self._in_history(context_movie_id), -np.inf, scores)
         values, indices = tf.math.top_k(scores, k=self.k)
@@ -165,7 +180,9 @@ def _context_length(query_model: tf.keras.Model) -> int:
 
 def export_model(query_model: tf.keras.Model, candidate_model: tf.keras.Model,
                  movie_ids: Sequence[int], export_dir: str, vocab_path: str, k: int = 100,
-                 *, context_length: int | None = None) -> str:
+                 *, context_length: int | None = None,
+                 successors: markov.Successors | None = None,
+                 markov_weight: float = 0.0) -> str:
     """Writes the recommender SavedModel (see module doc) into export_dir itself.
 
     Args:
@@ -177,6 +194,10 @@ def export_model(query_model: tf.keras.Model, candidate_model: tf.keras.Model,
         from it (movies it lacks get an empty title).
       k: number of results per query (capped at V).
       context_length: L; read from query_model.input_shape when None.
+      successors, markov_weight: with a weight > 0, the serving signatures rank by
+        markov.mix of the towers' scores and these successors' (counted over
+        movie_ids without the pad), as the evaluation does; `scores` are then that
+        log-probability. query_embedding and candidates stay the towers' alone.
 
     Returns:
       export_dir.
@@ -195,8 +216,10 @@ def export_model(query_model: tf.keras.Model, candidate_model: tf.keras.Model,
     title_of = {row["movie_id"]: row["title"] for row in rows}
     # Candidate embeddings are computed now, from the final weights.
     embeddings = evaluate.candidate_embeddings(candidate_model, ids).numpy()
+    if markov_weight and (successors is None or successors.index.shape[0] != ids.size):
+        raise ValueError("markov_weight > 0 needs successors counted over movie_ids")
     module = Recommender(query_model, embeddings, ids, [title_of.get(int(m), "") for m in ids],
-                         vocab_path, min(k, ids.size), length)
+                         vocab_path, min(k, ids.size), length, successors, markov_weight)
     signatures = {
         SERVING_DEFAULT: module.serve,
         SERVING_EXCLUDE_CONTEXT: module.serve_exclude_context,
@@ -233,14 +256,17 @@ def latest(base: str) -> str | None:
 
 def export_version(base: str, query_model: tf.keras.Model, candidate_model: tf.keras.Model,
                    movie_ids: Sequence[int], vocab_path: str, k: int = 100, *,
-                   context_length: int | None = None) -> str:
+                   context_length: int | None = None,
+                   successors: markov.Successors | None = None,
+                   markov_weight: float = 0.0) -> str:
     """export_model into base/<next version>/, then points base/LATEST at it; returns
     the version's directory. The SavedModel is written under a temporary name and
     moved, so a server watching `base` never sees a half-written version."""
     version = str((versions(base) or [0])[-1] + 1)
     tmp = schema.join(base, f".tmp-{version}-{uuid.uuid4().hex}")
     export_model(query_model, candidate_model, movie_ids, tmp, vocab_path, k,
-                 context_length=context_length)
+                 context_length=context_length, successors=successors,
+                 markov_weight=markov_weight)
     target = schema.join(base, version)
     _move_tree(tmp, target)
     with tf.io.gfile.GFile(schema.join(base, LATEST_FILE), "w") as f:

@@ -79,7 +79,9 @@ def run(cfg: TrainConfig) -> dict:
         writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, is_chief,
                                     t.keep_checkpoints)
         train_log, eval_log = _summary_writers(cfg, is_chief)
-        evaluator = hooks.Evaluator(info, cfg, eval_log) if is_chief else None
+        # --markov_weight: successors counted once, before any step (the same on every worker).
+        successors = hooks.count_successors(info) if cfg.model.markov_weight else None
+        evaluator = hooks.Evaluator(info, cfg, eval_log, successors) if is_chief else None
         # The run's one iterator (data.py); released off this thread when run ends.
         batches = cleanup.enter_context(data.Batches(task.build_inputs(strategy, step)))
         train_step = task.train_step(model, optimizer, strategy)
@@ -126,7 +128,7 @@ def run(cfg: TrainConfig) -> dict:
         if "popularity" in results:
             logging.info("Popularity baseline %s", summaries.fmt(results["popularity"]))
         if t.export:
-            hooks.export_savedmodel(model, info, cfg, is_chief)
+            hooks.export_savedmodel(model, info, cfg, is_chief, successors)
         distribute.barrier(strategy)
         writer.close()
         train_log.flush()

@@ -164,3 +164,19 @@ def successor_scores(successors_index: tf.Tensor, successors_weight: tf.Tensor,
             tf.reshape(tf.where(index >= 0, weight, 0.0), [-1]), tf.reshape(flat, [-1]),
             batch * vocab_size)
     return tf.reshape(scores, tf.stack([batch, vocab_size]))
+
+
+def mix(model_scores: tf.Tensor, successor: tf.Tensor, weight: float) -> tf.Tensor:
+    """A model's scores [B, V] blended with successor_scores [B, V]: float32 [B, V],
+
+        log((softmax(model_scores) + weight * S / sum(S)) / (1 + weight))
+
+    the log of a mixture of the model's next-movie distribution and the counted one (a
+    query none of whose last movies has counted successors keeps the model's alone,
+    renormalised: the same ranking). A mixture, not a product: either can put a movie
+    in the top k on its own.
+    """
+    model = tf.nn.softmax(tf.cast(model_scores, tf.float32), axis=1)
+    total = tf.reduce_sum(successor, axis=1, keepdims=True)
+    counted = tf.math.divide_no_nan(successor, total)
+    return tf.math.log((model + weight * counted) / (1.0 + weight))
