@@ -148,7 +148,7 @@ class ModelConfig:
         1.0, "Weight b of b * log(label share) added to every score at inference "
         "(evaluation, export); 0: off.", check=at_least(0))
     markov_weight: float = option(
-        0.0, "Blend counted successors into the model's ranking at inference (evaluation, "
+        2.0, "Blend counted successors into the model's ranking at inference (evaluation, "
         "export): log(softmax(scores) + W * counted share of each movie after the last 3 "
         "context movies) (trainer/markov.py; counted from the train split at start); 0: off.",
         check=at_least(0))

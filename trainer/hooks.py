@@ -113,7 +113,9 @@ def export_savedmodel(model, info: data.DataInfo, cfg: TrainConfig, is_chief: bo
 def count_successors(info: data.DataInfo) -> markov.Successors:
     """markov.count_successors (its defaults) over the train split, read once in file
     order (the same on every worker). A damaged shard stops the run naming it."""
-    return markov.count_successors(train_batches(info, "nothing trained"), info.movie_ids)
+    return markov.count_successors(
+        train_batches(info, "counting successors (--markov_weight) stopped before training, "
+                      "the last checkpoint is kept"), info.movie_ids)
 
 
 def train_batches(info: data.DataInfo, stopped: str):

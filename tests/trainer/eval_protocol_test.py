@@ -15,8 +15,9 @@ from trainer.config import TrainConfig
 
 KEYS = {"top_1", "top_5", "top_10", "top_50", "top_100", "ndcg_10", "mrr", "num_queries"}
 # Small and quick: 2 epochs of a few steps.
+# markov_weight=0: these tests check the protocol against the towers' own scores.
 FLAGS = dict(epochs=2, global_batch_size=256, embedding_dim=16, checkpoint_every_steps=0,
-             export=False)
+             export=False, markov_weight=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -233,7 +233,7 @@ def test_shared_run_exports_the_prior_and_refuses_a_mismatched_resume(data_dir, 
     cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path), epochs=1, global_batch_size=60,
                       embedding_dim=8, gru_units=4, share_embeddings=True, last_movies=2,
                       popularity_prior=1.0, checkpoint_every_steps=0, eval_every_epoch=False,
-                      shuffle_buffer=500, strategy="auto")
+                      shuffle_buffer=500, strategy="auto", markov_weight=0.0)
     loop.run(cfg)
     # The export serves the shared table's rows as candidates, plus the prior:
     # score = query . row + log q(movie).

@@ -253,19 +253,22 @@ def test_shard_cut_after_the_check_fails_the_epoch_and_is_named(tmp_path):
                             rf"lists {whole}: truncated or replaced; stopped", str(error)), error
 
 
-@pytest.mark.parametrize("split,name,stopped", [
-    ("train", TRAIN_SHARD, "training stopped at step 0, the last checkpoint is kept"),
-    ("test", TEST_SHARD, "evaluation at step 20 stopped"),  # 400 examples // 20
+@pytest.mark.parametrize("split,name,markov_weight,stopped", [
+    # The default --markov_weight counts the train split before the first step.
+    ("train", TRAIN_SHARD, 2.0, "counting successors .--markov_weight. stopped before "
+     "training, the last checkpoint is kept"),
+    ("train", TRAIN_SHARD, 0.0, "training stopped at step 0, the last checkpoint is kept"),
+    ("test", TEST_SHARD, 2.0, "evaluation at step 20 stopped"),  # 400 examples // 20
 ])
 def test_unverified_shard_cut_where_gzip_reads_clean_stops_naming_it(tmp_path, split, name,
-                                                                   stopped):
+                                                                   markov_weight, stopped):
     path = _write(tmp_path / "d", manifest=False)
     shard = os.path.join(path, split, name)
     _clean_cut(shard)
     with pytest.raises(data.DataError, match=(
             f"{re.escape(shard)}: [0-9]+ records, then the gzip stream ends before its end "
             f"marker: truncated; {stopped}")):
-        loop.run(_config(path, tmp_path / "m"))
+        loop.run(_config(path, tmp_path / "m", markov_weight=markov_weight))
 
 
 def test_unverified_shard_cut_between_members_names_the_split(tmp_path):
