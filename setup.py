@@ -28,10 +28,10 @@ setuptools.setup(
     install_requires=BEAM + ["absl-py>=2.0"],
     entry_points={
         "console_scripts": [
-            "seqrec-prep = beam_jobs.pipeline:main",
+            "seqrec-prep = beam_jobs.pipeline:cli",
             "seqrec-synthetic = beam_jobs.synthetic:main",
             "seqrec-train = trainer.train:main",
-            "seqrec-recommend = trainer.recommend:main",
+            "seqrec-recommend = trainer.recommend:cli",
         ],
     },
     extras_require={

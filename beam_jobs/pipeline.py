@@ -483,5 +483,11 @@ def job_logging(verbosity: int):
         root.setLevel(level)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m beam_jobs.pipeline` and the seqrec-prep console script: main(), then
+    exit without interpreter teardown (beam_jobs/process.py)."""
     process.exit_now(main())
+
+
+if __name__ == "__main__":
+    cli()

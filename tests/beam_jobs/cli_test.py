@@ -294,29 +294,32 @@ def test_worker_processes_report_plain_lines(tmp_path):
 
 # ------------------------------------------------------------ console scripts
 
-# What pip writes for a console_scripts entry point `NAME = MODULE:main`.
+# What pip writes for a console_scripts entry point `NAME = MODULE:FUNC`.
 _WRAPPER = """#!{python}
 # -*- coding: utf-8 -*-
 import re
 import sys
-from {module} import main
+from {module} import {func}
 if __name__ == '__main__':
     sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
-    sys.exit(main())
+    sys.exit({func}())
 """
 
 
-def _console_script(tmp_path, name, module):
+def _console_script(tmp_path, name):
+    """NAME's wrapper as pip writes it from setup.py's entry point."""
+    with open(os.path.join(util.ROOT, "setup.py")) as f:
+        module, func = re.search(rf'"{name} = ([\w.]+):(\w+)"', f.read()).groups()
     path = tmp_path / "bin" / name
     path.parent.mkdir(exist_ok=True)
-    path.write_text(_WRAPPER.format(python=sys.executable, module=module))
+    path.write_text(_WRAPPER.format(python=sys.executable, module=module, func=func))
     path.chmod(0o755)
     return path
 
 
 def test_console_scripts_read_argv_and_return_the_exit_status(tmp_path):
-    prep = _console_script(tmp_path, "seqrec-prep", "beam_jobs.pipeline")
-    gen = _console_script(tmp_path, "seqrec-synthetic", "beam_jobs.synthetic")
+    prep = _console_script(tmp_path, "seqrec-prep")
+    gen = _console_script(tmp_path, "seqrec-synthetic")
     r = util.run_command([prep, "--help"], home=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("usage: seqrec-prep "), r.stderr
     r = util.run_command([prep, "--input_dir=data/sample", f"--output_dir={tmp_path / 'o'}",
