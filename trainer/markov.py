@@ -31,7 +31,9 @@ DEFAULT_LAST = 3
 DEFAULT_DECAY = 0.5
 DEFAULT_SMOOTHING = 5.0
 DEFAULT_TOP = 100
-# Pairs buffered before they are merged (each pair: an int64 key and a float64 weight).
+# Pairs buffered before they are merged (each pair: an int64 key and a float64 weight);
+# the buffer may also grow to the merged pairs' count, so the merges' total cost stays
+# O(n log n) however many distinct pairs there are.
 _MERGE_EVERY = 4_000_000
 
 
@@ -109,7 +111,7 @@ def count_successors(
         raise ValueError(f"need last >= 1, decay > 0, smoothing >= 0, top >= 1; got {last}, "
                          f"{decay}, {smoothing}, {top}")
     size = len(movie_ids)
-    keys, weights, pending = [], [], 0
+    keys, weights, pending, merged_size = [], [], 0, 0
     for contexts, labels in batches:
         label = vocab_index(movie_ids, np.reshape(labels, [-1]))
         previous = vocab_index(movie_ids, last_movies(contexts, last))  # [B, last]
@@ -118,9 +120,10 @@ def count_successors(
             keys.append(previous[ok, b] * size + label[ok])
             weights.append(np.full(int(ok.sum()), decay ** b))
             pending += keys[-1].size
-        if pending > _MERGE_EVERY:
+        if pending > max(_MERGE_EVERY, merged_size):
             merged = _merge(keys, weights)
-            keys, weights, pending = [merged[0]], [merged[1]], merged[0].size
+            keys, weights, pending = [merged[0]], [merged[1]], 0
+            merged_size = merged[0].size
     key, weight = _merge(keys, weights) if keys else (np.zeros(0, np.int64), np.zeros(0))
     row, col = key // size, key % size
     weight = weight / (np.bincount(row, weights=weight, minlength=size)[row] + smoothing)

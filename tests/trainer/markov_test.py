@@ -30,6 +30,17 @@ def test_successors_by_hand():
     assert got.dtype == np.float32
 
 
+def test_merging_pairs_while_counting_changes_nothing(monkeypatch):
+    rng = np.random.default_rng(2)
+    vocab = list(range(1, 21))
+    batches = [(rng.integers(0, 21, (50, 5)), rng.integers(1, 21, 50)) for _ in range(8)]
+    whole = markov.count_successors(batches, vocab)
+    monkeypatch.setattr(markov, "_MERGE_EVERY", 100)  # merge after about every batch
+    merged = markov.count_successors(batches, vocab)
+    np.testing.assert_array_equal(merged.index, whole.index)
+    np.testing.assert_allclose(merged.weight, whole.weight, rtol=1e-6)
+
+
 def test_successors_keep_each_rows_top_entries():
     vocab = [1, 2, 3, 4]
     # Movie 1 is followed by 4 three times, 2 twice, 3 once.
