@@ -25,7 +25,8 @@ Rows, each in a fresh process from a frozen copy of the source (see snapshot):
     (bench/markov_run.py): the next movie by how often it followed each of the
     last 3 movies in the train split; no training;
   * "tutorial preset": its setup on our trainer (`--preset=tutorial`);
-  * "defaults": `python -m trainer.train` with no flags;
+  * "defaults": `python -m trainer.train` with no flags; "towers alone": the same
+    without the counted successors blended in (`--markov_weight=0`);
   * `--row NAME=FLAGS` adds or replaces trainer rows; `--only NAME` (a row's name,
     or the part before its comma) runs just those.
 Every trainer row is `python -m trainer.train` (one device, no evaluation between
@@ -92,6 +93,8 @@ ROWS = {
     MARKOV_ROW: Row(chosen_on="validation", markov=True),
     "tutorial preset": Row(flags=("--preset=tutorial",), chosen_on="tutorial"),
     "defaults": Row(chosen_on=DEFAULTS_CHOSEN_ON),
+    # The defaults' towers without the counted successors blended in: what training adds.
+    "towers alone": Row(flags=("--markov_weight=0",), chosen_on=DEFAULTS_CHOSEN_ON),
     "tutorial preset, random split": Row("random", ("--preset=tutorial",), "tutorial"),
 }
 
