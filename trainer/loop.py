@@ -79,8 +79,10 @@ def run(cfg: TrainConfig) -> dict:
         writer = checkpoints.Writer(checkpoint, cfg.checkpoints_uri, is_chief,
                                     t.keep_checkpoints)
         train_log, eval_log = _summary_writers(cfg, is_chief)
-        # --markov_weight: successors counted once, before any step (the same on every worker).
-        successors = hooks.count_successors(info) if cfg.model.markov_weight else None
+        # --markov_weight: successors counted once, before any step (the same on every
+        # worker), where something uses them: the chief's evaluation, or any export.
+        successors = (hooks.count_successors(info)
+                      if cfg.model.markov_weight and (is_chief or t.export) else None)
         evaluator = hooks.Evaluator(info, cfg, eval_log, successors) if is_chief else None
         # The run's one iterator (data.py); released off this thread when run ends.
         batches = cleanup.enter_context(data.Batches(task.build_inputs(strategy, step)))
