@@ -75,7 +75,7 @@ class Recommender(tf.Module):
                  markov_weight: float = 0.0):
         super().__init__(name="recommender")
         self.query_model = query_model
-        self.markov_weight = float(markov_weight) if successors is not None else 0.0
+        self.markov_weight = float(markov_weight)  # > 0: export_model checked successors
         if self.markov_weight:  # variables, like the embeddings: not baked into the graph
             self.successor_index = tf.Variable(successors.index, trainable=False,
                                                name="successor_index")
