@@ -26,8 +26,8 @@ One fresh process (bench/quality.py starts it from its frozen source copy):
    under metrics.json's keys, so a tutorial-only call still has that row.
 
 Deviations from the tutorial, none affecting its speed: the vocabulary is
-vocab.tsv (see bench/tutorial.py), and a fixed seed
-(tf.keras.utils.set_random_seed) makes the row repeatable; the tutorial seeds
+vocab.tsv (see bench/tutorial.py), and a fixed seed (--seed, default 42, through
+tf.keras.utils.set_random_seed) makes the row repeatable; the tutorial seeds
 nothing.
 
 Writes --output: the trainer's metrics.json shape ({"step", "eval_split",
@@ -116,12 +116,13 @@ def string_towers(query_model, candidate_model):
     return query, candidate
 
 
-def run(data_dir: str, train_file: str, epochs: int, exclude_seen: bool = False) -> dict:
+def run(data_dir: str, train_file: str, epochs: int, exclude_seen: bool = False,
+        seed: int = SEED) -> dict:
     """Trains the tutorial's model on train_file and scores it on data_dir's
     evaluation splits; returns what --output holds (see module doc)."""
     info = data.load_data_dir(data_dir)
     check_inputs(info, train_file, exclude_seen)
-    tf.keras.utils.set_random_seed(SEED)
+    tf.keras.utils.set_random_seed(seed)
     vocab = np.array([str(i).encode() for i in info.movie_ids])
     model, query_model, candidate_model = tutorial.build(vocab)
     timer = EpochTimer()
@@ -159,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude_seen", action="store_true",
                    help="rank without each user's already-rated movies (seen_movie_id)")
     p.add_argument("--output", required=True, help="where to write the metrics JSON")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of weights and shuffles")
     a = p.parse_args(argv)
     if a.epochs < 1:
         p.error(f"--epochs={a.epochs}: must be at least 1")
     try:
-        results = run(a.data_dir, a.train_file, a.epochs, a.exclude_seen)
+        results = run(a.data_dir, a.train_file, a.epochs, a.exclude_seen, a.seed)
     except (data.DataError, schema.SchemaError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -67,8 +67,34 @@ def test_exclude_seen_reaches_both_kinds_of_row():
     assert "--exclude_seen" not in quality.tutorial_args("D", "T", 3, "O", exclude_seen=False)
 
 
+def test_seeds_reach_both_kinds_of_row_and_a_rows_own_seed_wins():
+    args = quality.trainer_args("D", "M", ("--seed=9",), exclude_seen=False, seed=1)
+    assert args.index("--seed=1") < args.index("--seed=9")  # absl: the last one wins
+    assert not any(a.startswith("--seed") for a in quality.trainer_args("D", "M", (), False))
+    assert "--seed=2" in quality.tutorial_args("D", "T", 3, "O", False, seed=2)
+    assert not any(a.startswith("--seed") for a in quality.tutorial_args("D", "T", 3, "O", False))
+
+
+def test_mean_of_runs_averages_each_metric_and_keeps_each_seed():
+    def run(top_10, train_s, rate):
+        return {"metrics": {"step": 3, "validation": _metrics(top_10),
+                            "test": _metrics(top_10 + 0.1), "popularity": _metrics(0.01)},
+                "train_s": train_s, "wall_s": train_s + 5, "best_rate": rate}
+    r = quality.mean_of_runs([run(0.1, 10, 100), run(0.2, 20, 300), run(0.3, 30, 200)])
+    assert set(r["metrics"]) == {"validation", "test"}
+    assert r["metrics"]["validation"]["top_10"] == pytest.approx(0.2)
+    assert r["metrics"]["test"]["top_10"] == pytest.approx(0.3)
+    assert r["metrics"]["test"]["top_1"] == pytest.approx(0.15)
+    assert [m["validation"]["top_10"] for m in r["per_seed"]] == [0.1, 0.2, 0.3]
+    assert (r["train_s"], r["wall_s"], r["best_rate"]) == (20, 25, 300)
+    one = quality.mean_of_runs([run(0.1, 10, None)])
+    assert one["metrics"]["validation"] == _metrics(0.1) and one["best_rate"] is None
+
+
 def test_bad_flags_exit_2(tmp_path, capsys):
     for argv, says in ((["--ml100k", "--tutorial_epochs=0"], "--tutorial_epochs=0"),
+                       (["--ml100k", "--seeds=1,x"], "--seeds=1,x: give comma-separated"),
+                       (["--ml100k", "--seeds=1,1"], "--seeds=1,1: each seed once"),
                        ([f"--last_dir={tmp_path}"], f"--last_dir={tmp_path}: no _SUCCESS"),
                        ([], "give --ml100k")):
         with pytest.raises(SystemExit) as e:
@@ -151,6 +177,21 @@ def test_tutorial_row_reports_what_trainer_rows_report(tiny):
     want = [f"{tut['metrics'][s]['top_10']:.4f}" if s in splits else "-"
             for s in quality.EVAL_SPLITS]
     assert cell == " / ".join(want)
+
+
+@pytest.mark.slow
+def test_seeds_run_a_trained_row_once_each_and_report_the_mean(tiny):
+    work, data_dir = tiny
+    rows = {"short": quality.Row(flags=("--epochs=1", "--global_batch_size=128")),
+            quality.MARKOV_ROW: quality.Row(markov=True)}
+    out = quality.run_data_set({"last": data_dir}, rows, work, exclude_seen=False, seeds=(1, 2))
+    by_name = {r["name"]: r for r in out}
+    short, markov = by_name["short"], by_name[quality.MARKOV_ROW]
+    assert short["seeds"] == 2 and markov["seeds"] == 1  # counting has no seed
+    first, second = (m["test"] for m in short["per_seed"])
+    assert first != second  # each seed reached its run
+    assert short["metrics"]["test"]["mrr"] == pytest.approx((first["mrr"] + second["mrr"]) / 2)
+    assert quality.table(out).splitlines()[0].rstrip(" |").endswith("seeds")
 
 
 @pytest.mark.slow
