@@ -3,7 +3,7 @@
     python -m bench.serve [--calls=300] [--users=6040] [--beam_users=6040,60400] [--repeats=3]
 
 For each catalogue size (MovieLens 1M: 3,883 movies; MovieLens 25M: 62,423) the
-default towers (trainer.config defaults: 96-d, 32-unit GRU, the popularity prior;
+default towers (trainer.config defaults: 64-d, 32-unit GRU, the popularity prior;
 random weights: speed does not depend on them) are exported with `export_model`
 and loaded back with plain `tf.saved_model.load`, then:
 

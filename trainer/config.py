@@ -112,7 +112,7 @@ def _validate(part) -> None:
 class ModelConfig:
     """The two towers (trainer/model.py `build_towers` reads this)."""
 
-    embedding_dim: int = option(96, "Embedding width (query output).", check=at_least(1),
+    embedding_dim: int = option(64, "Embedding width (query output).", check=at_least(1),
                                 shape=True)
     query_tower: str = option(
         "gru", "Sequence encoder of the query tower: gru (the TFRS recipe) or transformer "
@@ -140,7 +140,7 @@ class ModelConfig:
     normalize: bool = option(
         False, "L2-normalise both towers' outputs (cosine scores; use a low temperature).")
     last_movies: int = option(
-        2, "The query output also sees the last K context movies' embeddings directly "
+        0, "The query output also sees the last K context movies' embeddings directly "
         "(a skip past the GRU; 0: off).", check=at_least(0), shape=True, before=0)
     mask_padding: bool = option(
         True, "Mask padded context steps (--nomask_padding: like the tutorial).")
@@ -148,7 +148,7 @@ class ModelConfig:
         1.0, "Weight b of b * log(label share) added to every score at inference "
         "(evaluation, export); 0: off.", check=at_least(0))
     markov_weight: float = option(
-        2.0, "Blend counted successors into the model's ranking at inference (evaluation, "
+        1.0, "Blend counted successors into the model's ranking at inference (evaluation, "
         "export): log(softmax(scores) + W * counted share of each movie after the last 3 "
         "context movies) (trainer/markov.py; counted from the train split at start); 0: off.",
         check=at_least(0))
@@ -227,7 +227,7 @@ class OptimizerConfig:
 
     optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS, shape=True)
     learning_rate: float = option(
-        0.01, "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a rate "
+        0.02, "Learning rate (of the per-example MEAN loss; --optimizer=sgd needs a rate "
         "~batch times the tutorial's summed-loss rate).", check=positive())
     lr_schedule: str = option("cosine", "Learning-rate decay after the warmup.",
                               choices=LR_SCHEDULES)
@@ -241,9 +241,9 @@ class OptimizerConfig:
 class TrainerConfig:
     """The loop: batches, distribution, checkpoints, evaluation, export."""
 
-    epochs: int = option(3, "Total epochs (a resumed run trains what is left).",
+    epochs: int = option(6, "Total epochs (a resumed run trains what is left).",
                          check=at_least(1))
-    global_batch_size: int = option(2048, "Examples per step, all replicas (per replica: "
+    global_batch_size: int = option(1024, "Examples per step, all replicas (per replica: "
                                     "global / replicas).", check=at_least(1))
     seed: int = option(42, "Seed of weight init and per-epoch shuffles.")
     shuffle_buffer: int = option(10_000, "Shuffle buffer (examples).", check=at_least(1))

@@ -109,7 +109,8 @@ def test_vertex_run_in_a_plain_shell_is_quiet_and_lands_where_vertex_says(data_d
     # config as hparams, evaluation per epoch, the popularity baseline once.
     train = _events(str(base / "logs" / "train"))
     lrs = [float(tf.make_ndarray(v.tensor)) for _, tag, v in train if tag == "learning_rate"]
-    assert len(lrs) == 20 and lrs[0] < lrs[1] < lrs[2] < lrs[3] == max(lrs) == pytest.approx(0.01)
+    peak = config.defaults()["learning_rate"]
+    assert len(lrs) == 20 and lrs[0] < lrs[1] < lrs[2] < lrs[3] == max(lrs) == pytest.approx(peak)
     assert lrs[-1] < max(lrs) / 10
     assert sum(tag == "examples_per_second" for _, tag, _ in train) == 2
     evals = _events(str(base / "logs" / "eval"))
