@@ -39,11 +39,11 @@ without each user's already-rated movies in every row (the trainer's
 row's configuration was chosen on ("tutorial": taken as published, not tuned
 here). `--seeds=42,1,2` runs every trainer row and tutorial's-code row once per
 seed (`--seed=S`) and reports the mean of each metric and time ("seeds" column;
-the JSON keeps each seed's metrics): on ML-100K's 943 queries the defaults'
-test top-10 spans 0.13-0.14 over seeds. "train s": trainer rows, the training steps only (from the trainer's
-per-epoch examples/s log lines); tutorial's code, its model.fit; the Markov chain,
-its counting pass. "wall s": the whole process (start-up, data checks, input
-warm-up, evaluation).
+the JSON keeps each seed's metrics): on ML-100K's 943 queries one run's test
+top-10 moves by up to 0.01 between seeds. "train s": trainer rows, the training
+steps only (from the trainer's per-epoch examples/s log lines); tutorial's code,
+its model.fit; the Markov chain, its counting pass. "wall s": the whole process
+(start-up, data checks, input warm-up, evaluation).
 """
 from __future__ import annotations
 
