@@ -13,6 +13,10 @@ ranking), and prints the share of steps whose movie is in the top k. No model of
 ratings can beat it on average; it is an upper bound for bench/quality.py's synthetic
 rows. It overstates what the data allows: it knows the true walk order (the data has
 timestamp ties), the favourite genres and the movies below --min_rating.
+
+Two more columns score the labels the Beam job writes instead (data_view: the last and
+second-to-last kept movie in (timestamp, movie_id) order): knowing the walk, and seeing
+only the data's order.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from beam_jobs import synthetic as syn  # noqa: E402
 
 
 def _walks(cfg: syn.Config, movies: syn.Movies, counts: np.ndarray):
-    """Yields (favourite genres [2], walk [n] internal movie indices) per user, in the
-    generator's own order of draws (make_block's, one block of users at a time)."""
+    """Yields (favourite genres [2], walk [n] internal movie indices, (movie ids [n],
+    stars [n], timestamps [n]) as written) per user, in the generator's own order of
+    draws (make_block's, one block of users at a time)."""
     fav_p = np.cumsum(movies.genre_weights)
     fav_p /= fav_p[-1]
     for first in range(0, cfg.num_users, cfg.block_size):
@@ -44,13 +49,13 @@ def _walks(cfg: syn.Config, movies: syn.Movies, counts: np.ndarray):
         offsets = np.concatenate([[0], np.cumsum(sorted_counts)[:-1]]).astype(np.int64)
         picked, _ = syn._walk(movies, u, offsets, sorted_counts, favs[order])
         # The replay must be the generator's: each user's movies equal what it writes.
-        users, ids = syn.make_block(cfg, movies, first + 1, block)[:2]
+        users, ids, stars, ts = syn.make_block(cfg, movies, first + 1, block)[:4]
         for j, i in enumerate(order):
             walk = picked[offsets[j]:offsets[j] + sorted_counts[j]]
-            written = np.sort(ids[users == first + 1 + i])
-            if not np.array_equal(np.sort(movies.ids[walk]), written):
+            mine = users == first + 1 + i
+            if not np.array_equal(np.sort(movies.ids[walk]), np.sort(ids[mine])):
                 raise AssertionError(f"replay differs from the generator for user {first + 1 + i}")
-            yield favs[i], walk
+            yield favs[i], walk, (ids[mine], stars[mine], ts[mine])
 
 
 def next_movie_probability(movies: syn.Movies, fav: np.ndarray, prev: int,
@@ -76,26 +81,71 @@ def next_movie_probability(movies: syn.Movies, fav: np.ndarray, prev: int,
     return follow + (1 - follow.sum()) * rest
 
 
+def data_view(movies: syn.Movies, fav: np.ndarray, walk: np.ndarray, rows, back: int,
+              min_rating: float = 2.0) -> tuple[int, np.ndarray, np.ndarray]:
+    """The data_dir's example `back` steps from the end (1: test, 2: validation) of one
+    user, scored two ways by the generator's distribution.
+
+    rows: (movie ids, stars, timestamps) as written. The Beam job keeps stars >=
+    min_rating and orders by (timestamp, movie_id); its label is the back-th last kept
+    movie. Returns (label, true [M], seen_through_data [M]): `true` knows the walk (the
+    label's real previous movie and what was really seen before it); `seen_through_data`
+    knows the generator but only the data's order: what precedes the label there is
+    seen, and the previous movie is any of the context's last same-second movies
+    (their distributions averaged: the data cannot tell their order)."""
+    index = {int(m): i for i, m in enumerate(movies.ids)}
+    ids, stars, ts = rows
+    order = np.lexsort((ids, ts))
+    ids, stars, ts = ids[order], stars[order], ts[order]
+    kept = np.flatnonzero(stars >= min_rating)
+    at = kept[-back]
+    label = index[int(ids[at])]
+    step = int(np.flatnonzero(walk == label)[0])
+    seen = np.zeros(len(movies.ids), bool)
+    seen[walk[:step]] = True
+    true = next_movie_probability(movies, fav, int(walk[step - 1]), seen)
+    seen = np.zeros(len(movies.ids), bool)
+    seen[[index[int(m)] for m in ids[:at]]] = True
+    context = kept[kept < at]
+    last = context[ts[context] == ts[context[-1]]]
+    data = np.mean([next_movie_probability(movies, fav, index[int(ids[c])], seen)
+                    for c in last], axis=0)
+    return label, true, data
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num_users", type=int, default=syn.ML1M_USERS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--min_rating", type=float, default=2.0,
+                   help="the Beam job's --min_rating (what the data_dir keeps)")
     a = p.parse_args(argv)
     cfg = syn.Config(num_users=a.num_users, seed=a.seed)
     movies = syn.make_movies(cfg)
     counts = syn.ratings_counts(cfg)
-    hits = {"last step (test)": [], "second-to-last step (validation)": []}
-    for fav, walk in _walks(cfg, movies, counts):
-        for name, t in zip(hits, (len(walk) - 1, len(walk) - 2), strict=True):
+    names = ("last step (test)", "second-to-last step (validation)")
+    hits = {name: ([], [], []) for name in names}
+
+    def hit(prob, movie):
+        return movie in np.argpartition(-prob, a.k)[:a.k]
+
+    for fav, walk, rows in _walks(cfg, movies, counts):
+        for name, back in zip(names, (1, 2), strict=True):
+            t = len(walk) - back
             seen = np.zeros(len(movies.ids), bool)
             seen[walk[:t]] = True
-            prob = next_movie_probability(movies, fav, walk[t - 1], seen)
-            top = np.argpartition(-prob, a.k)[:a.k]
-            hits[name].append(walk[t] in top)
-    print(f"| step | users | oracle top-{a.k} |\n|---|---|---|")
-    for name, h in hits.items():
-        print(f"| {name} | {len(h)} | {np.mean(h):.4f} |")
+            walk_hits, true_hits, data_hits = hits[name]
+            walk_hits.append(hit(next_movie_probability(movies, fav, walk[t - 1], seen),
+                                 walk[t]))
+            label, true, data = data_view(movies, fav, walk, rows, back, a.min_rating)
+            true_hits.append(hit(true, label))
+            data_hits.append(hit(data, label))
+    print(f"| step | users | oracle top-{a.k} | the data_dir's labels | the same, seeing "
+          "only the data's order |\n|---|---|---|---|---|")
+    for name, (walk_hits, true_hits, data_hits) in hits.items():
+        print(f"| {name} | {len(walk_hits)} | {np.mean(walk_hits):.4f} | "
+              f"{np.mean(true_hits):.4f} | {np.mean(data_hits):.4f} |")
 
 
 if __name__ == "__main__":
