@@ -16,11 +16,11 @@ counting pass) and "markov": the options used. Bad input: one line on stderr, ex
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports Keras)
+from bench import child_cli
 from trainer import config, data, evaluate, hooks, markov
 
 
@@ -63,14 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoothing", type=float, default=markov.DEFAULT_SMOOTHING,
                    help="added to every movie's successor total")
     a = p.parse_args(argv)
-    try:
-        results = run(a.data_dir, a.exclude_seen, a.last, a.decay, a.smoothing)
-    except ValueError as e:  # data.DataError, schema.SchemaError, markov's refusals
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with open(a.output, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    return 0
+    # ValueError: data.DataError, schema.SchemaError, markov's refusals.
+    return child_cli.write_results(
+        lambda: run(a.data_dir, a.exclude_seen, a.last, a.decay, a.smoothing), a.output,
+        (ValueError,))
 
 
 if __name__ == "__main__":

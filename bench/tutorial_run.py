@@ -38,7 +38,6 @@ Bad input: one line on stderr, exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -47,7 +46,7 @@ import tensorflow as tf
 
 import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFRS is imported)
 from beam_jobs import schema
-from bench import tutorial
+from bench import child_cli, tutorial
 from trainer import config, data, evaluate, hooks
 
 # The tutorial's feature_description parses contexts of exactly this length.
@@ -164,14 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.epochs < 1:
         p.error(f"--epochs={a.epochs}: must be at least 1")
-    try:
-        results = run(a.data_dir, a.train_file, a.epochs, a.exclude_seen, a.seed)
-    except (data.DataError, schema.SchemaError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with open(a.output, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    return 0
+    return child_cli.write_results(
+        lambda: run(a.data_dir, a.train_file, a.epochs, a.exclude_seen, a.seed), a.output,
+        (data.DataError, schema.SchemaError))
 
 
 if __name__ == "__main__":
