@@ -29,6 +29,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beam_jobs import synthetic as syn  # noqa: E402
+from beam_jobs.options import JobConfig  # noqa: E402
+
+# The Beam job's own default (its flags are declared once, in JobConfig).
+MIN_RATING = JobConfig.__dataclass_fields__["min_rating"].default
 
 
 def _walks(cfg: syn.Config, movies: syn.Movies, counts: np.ndarray):
@@ -81,19 +85,24 @@ def next_movie_probability(movies: syn.Movies, fav: np.ndarray, prev: int,
     return follow + (1 - follow.sum()) * rest
 
 
-def data_view(movies: syn.Movies, fav: np.ndarray, walk: np.ndarray, rows, back: int,
-              min_rating: float = 2.0) -> tuple[int, np.ndarray, np.ndarray]:
+def movie_index(movies: syn.Movies) -> dict[int, int]:
+    """Movie id -> internal index (the inverse of movies.ids)."""
+    return {int(m): i for i, m in enumerate(movies.ids)}
+
+
+def data_view(movies: syn.Movies, index: dict[int, int], fav: np.ndarray, walk: np.ndarray,
+              rows, back: int, min_rating: float = MIN_RATING
+              ) -> tuple[int, np.ndarray, np.ndarray]:
     """The data_dir's example `back` steps from the end (1: test, 2: validation) of one
     user, scored two ways by the generator's distribution.
 
-    rows: (movie ids, stars, timestamps) as written. The Beam job keeps stars >=
-    min_rating and orders by (timestamp, movie_id); its label is the back-th last kept
-    movie. Returns (label, true [M], seen_through_data [M]): `true` knows the walk (the
+    index: movie_index(movies). rows: (movie ids, stars, timestamps) as written. The
+    Beam job keeps stars >= min_rating and orders by (timestamp, movie_id); its label is
+    the back-th last kept movie. Returns (label, true [M], seen_through_data [M]): `true` knows the walk (the
     label's real previous movie and what was really seen before it); `seen_through_data`
     knows the generator but only the data's order: what precedes the label there is
     seen, and the previous movie is any of the context's last same-second movies
     (their distributions averaged: the data cannot tell their order)."""
-    index = {int(m): i for i, m in enumerate(movies.ids)}
     ids, stars, ts = rows
     order = np.lexsort((ids, ts))
     ids, stars, ts = ids[order], stars[order], ts[order]
@@ -118,12 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_users", type=int, default=syn.ML1M_USERS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--min_rating", type=float, default=2.0,
+    p.add_argument("--min_rating", type=float, default=MIN_RATING,
                    help="the Beam job's --min_rating (what the data_dir keeps)")
     a = p.parse_args(argv)
     cfg = syn.Config(num_users=a.num_users, seed=a.seed)
     movies = syn.make_movies(cfg)
     counts = syn.ratings_counts(cfg)
+    index = movie_index(movies)
     names = ("last step (test)", "second-to-last step (validation)")
     hits = {name: ([], [], []) for name in names}
 
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             walk_hits, true_hits, data_hits = hits[name]
             walk_hits.append(hit(next_movie_probability(movies, fav, walk[t - 1], seen),
                                  walk[t]))
-            label, true, data = data_view(movies, fav, walk, rows, back, a.min_rating)
+            label, true, data = data_view(movies, index, fav, walk, rows, back, a.min_rating)
             true_hits.append(hit(true, label))
             data_hits.append(hit(data, label))
     print(f"| step | users | oracle top-{a.k} | the data_dir's labels | the same, seeing "

@@ -32,6 +32,7 @@ def test_probability_is_a_distribution_over_unseen_movies():
 def test_data_view_takes_the_beam_jobs_label_and_only_what_the_data_shows():
     cfg = syn.Config(num_users=5)
     movies = syn.make_movies(cfg)
+    index = synthetic_ceiling.movie_index(movies)
     fav = np.array([0, 3])
     a, b, c, d = 11, 22, 33, 44  # internal indices, walked in this order
     walk = np.array([a, b, c, d])
@@ -44,19 +45,19 @@ def test_data_view_takes_the_beam_jobs_label_and_only_what_the_data_shows():
     # c was rated 1 star: the data drops it from the timeline (it stays seen), so the
     # data's previous movie for d is b, while the walk's is c.
     rows = (movies.ids[walk], np.array([5, 4, 1, 5]), np.array([10, 20, 25, 30]))
-    label, true, data = synthetic_ceiling.data_view(movies, fav, walk, rows, back=1)
+    label, true, data = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=1)
     assert label == d
     np.testing.assert_allclose(true, p(c, {a, b, c}))
     np.testing.assert_allclose(data, p(b, {a, b, c}))
     # Validation: the second-to-last kept movie, b.
-    label, true, data = synthetic_ceiling.data_view(movies, fav, walk, rows, back=2)
+    label, true, data = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=2)
     assert label == b
     np.testing.assert_allclose(true, p(a, {a}))
     np.testing.assert_allclose(data, p(a, {a}))
     # b and c in the same second: the data cannot order them, so both may be d's previous
     # movie and their distributions are averaged.
     rows = (movies.ids[walk], np.array([5, 4, 3, 5]), np.array([10, 20, 20, 30]))
-    label, true, data = synthetic_ceiling.data_view(movies, fav, walk, rows, back=1)
+    label, true, data = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=1)
     assert label == d
     np.testing.assert_allclose(true, p(c, {a, b, c}))
     np.testing.assert_allclose(data, (p(b, {a, b, c}) + p(c, {a, b, c})) / 2)
