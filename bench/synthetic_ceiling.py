@@ -9,14 +9,20 @@ successors (weights SUCCESSOR_WEIGHTS) unless already seen; otherwise by popular
 within one of the user's two favourite genres (P_TASTE) or overall, never a movie already
 seen. This script replays the generator (same seed, same draws), scores every movie for
 each user's last and second-to-last step with that distribution (the Bayes-optimal
-ranking), and prints the share of steps whose movie is in the top k. No model of the
-ratings can beat it on average; it is an upper bound for bench/quality.py's synthetic
-rows. It overstates what the data allows: it knows the true walk order (the data has
-timestamp ties), the favourite genres and the movies below --min_rating.
+ranking), and prints the share of steps whose movie is in the top k: no scorer of the
+walk's steps beats it on average. The data_dir's labels are not the walk's steps, though:
+the Beam job drops ratings below --min_rating and orders same-second ratings by movie id,
+so a context may end with a movie walked after its label, which tells about the label.
 
-Two more columns score the labels the Beam job writes instead (data_view: the last and
-second-to-last kept movie in (timestamp, movie_id) order): knowing the walk, and seeing
-only the data's order.
+The other columns score the labels the Beam job writes instead (data_view: the last and
+second-to-last kept movie in (timestamp, movie_id) order): knowing the walk (the label's
+real previous movie), and by the Bayes posterior from the data's order alone
+(bench/data_order_bayes.py: no timestamps, so it sums over which rows share a second and
+their walk order), with that posterior's own expectation of its top-k share (equal to the
+share when the posterior is right), the same posterior when it ignores that a label
+sharing the second of the context's last movies may have been walked before them
+(label_last), and the share of labels for which that happened: their context holds a movie
+walked after them.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beam_jobs import synthetic as syn  # noqa: E402
 from beam_jobs.options import JobConfig  # noqa: E402
+from bench import data_order_bayes  # noqa: E402
 
 # The Beam job's own default (its flags are declared once, in JobConfig).
 MIN_RATING = JobConfig.__dataclass_fields__["min_rating"].default
@@ -65,24 +72,9 @@ def _walks(cfg: syn.Config, movies: syn.Movies, counts: np.ndarray):
 def next_movie_probability(movies: syn.Movies, fav: np.ndarray, prev: int,
                            seen: np.ndarray) -> np.ndarray:
     """[M] probability of each movie being the next step after `prev` (seen: bool [M])."""
-    m = len(movies.ids)
-    pop = np.diff(np.concatenate([[0.0], movies.pop_cdf]))
-    in_genre = np.zeros(m)
-    for g in fav:
-        members = movies.primary == g
-        weight = pop * members
-        if weight.sum() > 0:
-            in_genre += 0.5 * weight / weight.sum()
-    rest = syn.P_TASTE * in_genre + (1 - syn.P_TASTE) * pop
-    rest = np.where(seen, 0.0, rest)
-    rest /= max(rest.sum(), 1e-12)
-    follow = np.zeros(m)
-    p_follow = (1 - syn.P_NEW_SESSION) * syn.P_FOLLOW
-    for k, w in enumerate(syn.SUCCESSOR_WEIGHTS):
-        s = movies.successors[prev, k]
-        if not seen[s]:
-            follow[s] += p_follow * w
-    return follow + (1 - follow.sum()) * rest
+    steps = data_order_bayes.Steps(movies, fav)
+    return (syn.P_NEW_SESSION * steps.rest(seen)
+            + (1 - syn.P_NEW_SESSION) * steps.within(prev, seen))
 
 
 def movie_index(movies: syn.Movies) -> dict[int, int]:
@@ -94,32 +86,24 @@ def data_view(movies: syn.Movies, index: dict[int, int], fav: np.ndarray, walk: 
               rows, back: int, min_rating: float = MIN_RATING
               ) -> tuple[int, np.ndarray, np.ndarray]:
     """The data_dir's example `back` steps from the end (1: test, 2: validation) of one
-    user, scored two ways by the generator's distribution.
+    user: (label, true [M], before [n]).
 
     index: movie_index(movies). rows: (movie ids, stars, timestamps) as written. The
     Beam job keeps stars >= min_rating and orders by (timestamp, movie_id); its label is
-    the back-th last kept movie. Returns (label, true [M], seen_through_data [M]): `true` knows the walk (the
-    label's real previous movie and what was really seen before it); `seen_through_data`
-    knows the generator but only the data's order: what precedes the label there is
-    seen, and the previous movie is any of the context's last same-second movies
-    (their distributions averaged: the data cannot tell their order)."""
+    the back-th last kept movie. `true` is the generator's distribution knowing the walk
+    (the label's real previous movie and what was really seen before it); `before`
+    holds the internal indices of every rating before the label in the data's order,
+    those below min_rating included (data_order_bayes.label_posterior's rows)."""
     ids, stars, ts = rows
     order = np.lexsort((ids, ts))
-    ids, stars, ts = ids[order], stars[order], ts[order]
-    kept = np.flatnonzero(stars >= min_rating)
-    at = kept[-back]
+    ids, stars = ids[order], stars[order]
+    at = np.flatnonzero(stars >= min_rating)[-back]
     label = index[int(ids[at])]
     step = int(np.flatnonzero(walk == label)[0])
     seen = np.zeros(len(movies.ids), bool)
     seen[walk[:step]] = True
     true = next_movie_probability(movies, fav, int(walk[step - 1]), seen)
-    seen = np.zeros(len(movies.ids), bool)
-    seen[[index[int(m)] for m in ids[:at]]] = True
-    context = kept[kept < at]
-    last = context[ts[context] == ts[context[-1]]]
-    data = np.mean([next_movie_probability(movies, fav, index[int(ids[c])], seen)
-                    for c in last], axis=0)
-    return label, true, data
+    return label, true, np.array([index[int(m)] for m in ids[:at]], np.int64)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,27 +119,34 @@ def main(argv: list[str] | None = None) -> None:
     counts = syn.ratings_counts(cfg)
     index = movie_index(movies)
     names = ("last step (test)", "second-to-last step (validation)")
-    hits = {name: ([], [], []) for name in names}
+    columns = {name: [] for name in names}
 
     def hit(prob, movie):
         return movie in np.argpartition(-prob, a.k)[:a.k]
 
     for fav, walk, rows in _walks(cfg, movies, counts):
+        steps = data_order_bayes.Steps(movies, fav)
+        step_of = {int(m): i for i, m in enumerate(walk)}
         for name, back in zip(names, (1, 2), strict=True):
             t = len(walk) - back
             seen = np.zeros(len(movies.ids), bool)
             seen[walk[:t]] = True
-            walk_hits, true_hits, data_hits = hits[name]
-            walk_hits.append(hit(next_movie_probability(movies, fav, walk[t - 1], seen),
-                                 walk[t]))
-            label, true, data = data_view(movies, index, fav, walk, rows, back, a.min_rating)
-            true_hits.append(hit(true, label))
-            data_hits.append(hit(data, label))
-    print(f"| step | users | oracle top-{a.k} | the data_dir's labels | the same, seeing "
-          "only the data's order |\n|---|---|---|---|---|")
-    for name, (walk_hits, true_hits, data_hits) in hits.items():
-        print(f"| {name} | {len(walk_hits)} | {np.mean(walk_hits):.4f} | "
-              f"{np.mean(true_hits):.4f} | {np.mean(data_hits):.4f} |")
+            label, true, before = data_view(movies, index, fav, walk, rows, back, a.min_rating)
+            bayes = data_order_bayes.label_posterior(steps, movies, before)
+            top = np.argpartition(-bayes, a.k)[:a.k]
+            last = data_order_bayes.label_posterior(steps, movies, before, label_last=True)
+            columns[name].append((
+                hit(next_movie_probability(movies, fav, walk[t - 1], seen), walk[t]),
+                hit(true, label), label in top, bayes[top].sum() / bayes.sum(),
+                hit(last, label), max((step_of[int(r)] for r in before), default=-1)
+                > step_of[label]))
+    print(f"| step | users | oracle top-{a.k} | the data_dir's labels, knowing the walk | "
+          "the same, Bayes from the data's order | its expected share | the same, the "
+          "label walked after its whole context | labels walked before a context movie |"
+          "\n|---|---|---|---|---|---|---|---|")
+    for name, values in columns.items():
+        means = " | ".join(f"{v:.4f}" for v in np.mean(values, axis=0))
+        print(f"| {name} | {len(values)} | {means} |")
 
 
 if __name__ == "__main__":
