@@ -326,34 +326,40 @@ class ExampleEncoder:
         self.sbase = sbase[:4]
 
     def encode_framed(self, label_pos: np.ndarray, ctx_start: np.ndarray,
-                      seen: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                      seen: tuple[np.ndarray, np.ndarray] | None = None,
+                      ctx_end: np.ndarray | None = None) -> np.ndarray:
         """The examples as consecutive TFRecords ([T] uint8, frame_records' layout).
 
         Args:
           label_pos: [E] index (into rows) of each example's label.
-          ctx_start: [E] index of its first context movie (same timeline, >= label_pos - L).
+          ctx_start: [E] index of its first context movie (same timeline, >= ctx_end - L).
           seen: None (train examples: the features of schema.features()), or (ids [S],
             offsets [E+1]): example e also carries schema.SEEN_MOVIE_ID =
             ids[offsets[e]:offsets[e+1]] (non-empty, in the order given).
+          ctx_end: [E] one past its last context movie (ctx_start < ctx_end <= label_pos);
+            None: label_pos, the context right before the label.
         """
-        starts, lens = self._segments(label_pos, ctx_start)
+        starts, lens = self._segments(label_pos, ctx_start,
+                                      label_pos if ctx_end is None else ctx_end)
         if seen is None:
             return frame_records(self.pool, starts, lens)
         return frame_records(*_with_seen(self.pool, starts, lens, *seen))
 
-    def _segments(self, label_pos: np.ndarray, ctx_start: np.ndarray
+    def _segments(self, label_pos: np.ndarray, ctx_start: np.ndarray, ctx_end: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """[E, 15] pool offsets and lengths of the byte segments of each example."""
+        """[E, 15] pool offsets and lengths of the byte segments of each example: the
+        context rows [s, e), the label row i."""
         L, G = self.L, self.G
         i, s = np.asarray(label_pos, np.int64), np.asarray(ctx_start, np.int64)
+        e = np.asarray(ctx_end, np.int64)
         E = len(i)
-        pad = L - (i - s)
+        pad = L - (e - s)
         p0 = self.gpos[s]
-        p1 = np.minimum(self.gpos[i], p0 + G)
+        p1 = np.minimum(self.gpos[e], p0 + G)
         g_from, g_len = self.pbyte[p0], self.pbyte[p1] - self.pbyte[p0]
         unk = G - (p1 - p0)
-        id_payload = self.id_off[i] - self.id_off[s] + pad
-        yr_payload = self.yr_off[i] - self.yr_off[s] + pad
+        id_payload = self.id_off[e] - self.id_off[s] + pad
+        yr_payload = self.yr_off[e] - self.yr_off[s] + pad
         g_payload = g_len + unk * len(self.unk_piece)
         lb_payload = self.id_len[i]
         id_hdr, yr_hdr, lb_hdr, g_hdr, ex_hdr = (
@@ -375,9 +381,9 @@ class ExampleEncoder:
         lens = np.stack([
             ex_hdr[2][features_len],
             g_hdr[2][g_payload], g_len, unk * len(self.unk_piece),
-            id_hdr[2][id_payload], self.id_off[i] - self.id_off[s], pad,
-            z + len(self.rt_hdr), 4 * (i - s), 4 * pad,
-            yr_hdr[2][yr_payload], self.yr_off[i] - self.yr_off[s], pad,
+            id_hdr[2][id_payload], self.id_off[e] - self.id_off[s], pad,
+            z + len(self.rt_hdr), 4 * (e - s), 4 * pad,
+            yr_hdr[2][yr_payload], self.yr_off[e] - self.yr_off[s], pad,
             lb_hdr[2][lb_payload], lb_payload,
         ], axis=1)
         return starts, lens

@@ -278,6 +278,12 @@ class JobConfig:
         schema.DEFAULT_MAX_CONTEXT_MOVIE_GENRE_LENGTH,
         "Flattened context genres per example, truncated/padded (default {default}).",
         check=at_least(1))
+    context_before_label_second: bool = option(
+        False, "Contexts and seen_movie_id hold only ratings from seconds before the label's, "
+        "as a served history would: movies rated in the label's own second, which the "
+        "(timestamp, movie_id) order puts before it by id alone, stay out, and labels in a "
+        "user's first second get no example. Off (default {default}): a context ends right "
+        "before its label in that order.")
     split: str = option(
         "last", "last: each user's last example is test (default, leak-free); random: a "
         "stable hash of (user, position, seed) < train_fraction is train.",

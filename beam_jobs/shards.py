@@ -116,20 +116,26 @@ def _reasons(reasons: list[str]) -> dict[str, int]:
 BATCH_EXAMPLES = 16384  # examples per encode call: ~30 MB of temporaries
 
 
-def example_positions(user: np.ndarray, min_timeline_length: int, max_context_length: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+def example_positions(user: np.ndarray, min_timeline_length: int, max_context_length: int,
+                      second: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                 int, int]:
     """Examples of user-sorted rows (each timeline already ordered).
 
+    second: [n] each row's timestamp, or None. Given (JobConfig.context_before_label_second),
+    a context holds only rows of earlier seconds than its label's: it ends at the first
+    row of the label's second, and labels in a user's first second get no example.
     Returns:
-      label_pos, ctx_start: [E] row index of each example's label / first context movie.
-      remaining: [E] examples after this one in its timeline (0: the user's last, 1: the
-      second-to-last). position: [E] index in the timeline.
-      users, short: users kept / dropped for fewer than min_timeline_length ratings.
+      label_pos, ctx_start, ctx_end: [E] row index of each example's label, of its first
+      context movie and one past its last (label_pos without `second`). remaining: [E]
+      rows after the label in its timeline (0: the user's last, 1: the second-to-last).
+      position: [E] index in the timeline. users, short: users kept / dropped for fewer
+      than min_timeline_length ratings.
     """
     n = len(user)
     if n == 0:
         z = np.zeros(0, np.int64)
-        return z, z, z, z, 0, 0
+        return z, z, z, z, z, 0, 0
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
     ends = np.r_[starts[1:], n]
     long = (ends - starts) >= min_timeline_length
@@ -137,10 +143,24 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
     counts = ends - starts - 1  # examples per kept user
     label_pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum()) + 1
     user_start = np.repeat(starts, counts)
-    ctx_start = np.maximum(user_start, label_pos - max_context_length)
     remaining = np.repeat(ends - 1, counts) - label_pos
-    return (label_pos, ctx_start, remaining, label_pos - user_start, int(long.sum()),
-            int((~long).sum()))
+    ctx_end = label_pos
+    if second is not None:
+        ctx_end = first_of_second(user, second)[label_pos]
+        has_context = ctx_end > user_start
+        label_pos, user_start, remaining, ctx_end = (
+            a[has_context] for a in (label_pos, user_start, remaining, ctx_end))
+    ctx_start = np.maximum(user_start, ctx_end - max_context_length)
+    return (label_pos, ctx_start, ctx_end, remaining, label_pos - user_start,
+            int(long.sum()), int((~long).sum()))
+
+
+def first_of_second(user: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """[n] for user-sorted, time-ordered rows: the index of the first row of each row's
+    (user, second)."""
+    index = np.arange(len(user))
+    new = np.r_[True, (user[1:] != user[:-1]) | (second[1:] != second[:-1])]
+    return np.maximum.accumulate(np.where(new, index, 0))
 
 
 def split_masks(user: np.ndarray, label_pos: np.ndarray, remaining: np.ndarray,
@@ -169,7 +189,8 @@ def seen_before(all_user: np.ndarray, all_movie: np.ndarray, rows: np.ndarray
     Args:
       all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
         sorted by user, then timeline order (timestamp, movie_id; rating last).
-      rows: [E] the row (into all_*) of each example's label.
+      rows: [E] the row (into all_*) of each example's label, or, with
+        --context_before_label_second, the first row of its label's second.
     Returns:
       (ids [S] int64, offsets [E+1] int64): example e's seen movies are
       ids[offsets[e]:offsets[e+1]], the distinct movies of its user's rows before rows[e],
@@ -197,7 +218,8 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     shard `shard` (split_masks; users ascending, then label position ascending), and its
     users/ file (user_rows: one record per user, ascending). Ratings below cfg.min_rating
     count only as seen movies. Held-out examples (validation/, test/) carry seen_movie_id
-    (seen_before) unless --novalidation, which writes the layout of earlier versions."""
+    (seen_before) unless --novalidation, which writes the layout of earlier versions. With
+    --context_before_label_second, contexts and seen lists stop at the label's second."""
     if chunks:
         user = np.concatenate([c.user for c in chunks])
         movie = np.concatenate([c.movie for c in chunks])
@@ -211,13 +233,17 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     # Rating is the last key so duplicate (user, timestamp, movie) lines, whose arrival
     # order the shuffle does not keep, still give the same bytes.
     order = np.lexsort((rating, movie, ts, user))
-    user, movie, rating = user[order], movie[order], rating[order]
+    user, movie, rating, ts = user[order], movie[order], rating[order], ts[order]
     all_user, all_movie = user, movie  # every rated movie: users/ seen_movie_id
     kept = rating >= np.float32(cfg.min_rating)  # parse_range's test, on the same float32
     kept_rows = np.flatnonzero(kept)  # kept row -> row of all_*
+    # What a held-out example's seen_movie_id lists: the rows before this one (of all_*).
+    seen_end = (first_of_second(all_user, ts) if cfg.context_before_label_second
+                else np.arange(len(all_user)))
     user, movie, rating = user[kept], movie[kept], rating[kept]
-    label_pos, ctx_start, remaining, position, users, short = example_positions(
-        user, cfg.min_timeline_length, cfg.max_context_length)
+    label_pos, ctx_start, ctx_end, remaining, position, users, short = example_positions(
+        user, cfg.min_timeline_length, cfg.max_context_length,
+        ts[kept] if cfg.context_before_label_second else None)
     masks = split_masks(user, label_pos, remaining, position, cfg)
     encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
                                              cfg.max_context_length,
@@ -226,14 +252,14 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     counts, files = {}, {}
     for split, mask in masks.items():
         writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
-        lp, cs = label_pos[mask], ctx_start[mask]
-        seen = (seen_before(all_user, all_movie, kept_rows[lp])
+        lp, cs, ce = label_pos[mask], ctx_start[mask], ctx_end[mask]
+        seen = (seen_before(all_user, all_movie, seen_end[kept_rows[lp]])
                 if cfg.validation and split != schema.TRAIN else None)
         for b in range(0, len(lp), BATCH_EXAMPLES):
             e = min(b + BATCH_EXAMPLES, len(lp))
             batch_seen = None if seen is None else (
                 seen[0][seen[1][b]:seen[1][e]], seen[1][b:e + 1] - seen[1][b])
-            framed = encoder.encode_framed(lp[b:e], cs[b:e], batch_seen)
+            framed = encoder.encode_framed(lp[b:e], cs[b:e], batch_seen, ce[b:e])
             writer.write_framed(framed, e - b)
         writer.close()
         counts[split] = writer.count

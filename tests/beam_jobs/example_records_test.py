@@ -85,15 +85,17 @@ def _random_table(rng, size=300):
                                  [timelines.year_from_title(t) for t in titles])
 
 
-@pytest.mark.parametrize("L,G,seen", [(10, 10, False), (3, 2, False), (1, 1, False),
-                                      (20, 30, False), (10, 10, True), (1, 1, True)])
-def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen):
+@pytest.mark.parametrize("L,G,seen,early", [
+    (10, 10, False, False), (3, 2, False, False), (1, 1, False, False), (20, 30, False, False),
+    (10, 10, True, False), (1, 1, True, False), (3, 4, False, True), (10, 10, True, True)])
+def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen, early):
     """seen: the examples also carry seen_movie_id (held-out examples), lists of 1 to
     ~6,000 ids up to 400,000: 1- to 3-byte varints, entry and Example lengths past any
-    precomputed header table."""
-    rng = np.random.default_rng(L * 100 + G + 7 * seen)
+    precomputed header table. early: contexts end before their label at random
+    (--context_before_label_second), given to the encoder as ctx_end."""
+    rng = np.random.default_rng(L * 100 + G + 7 * seen + 13 * early)
     table = _random_table(rng)
-    rows_all, ratings_all, label_pos, ctx_start, want = [], [], [], [], []
+    rows_all, ratings_all, label_pos, ctx_start, ctx_end, want = [], [], [], [], [], []
     seen_ids, seen_offsets = [], [0]
     offset = 0
     for _user in range(25):
@@ -104,7 +106,8 @@ def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen
         genres = [timelines.split_genres(table.genres[r]) for r in rows]
         years = table.years[rows].tolist()
         for i in range(1, n):
-            f = util.example_features(ids, ratings.tolist(), years, genres, i, L, G)
+            end = int(rng.integers(1, i + 1)) if early else i
+            f = util.example_features(ids, ratings.tolist(), years, genres, i, L, G, end)
             if seen:
                 size = int(rng.choice([1, 2, 17, 300, 6000]))
                 f[schema.SEEN_MOVIE_ID] = np.sort(rng.choice(
@@ -113,7 +116,8 @@ def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen
                 seen_offsets.append(len(seen_ids))
             want.append(_tf_example(f).SerializeToString(deterministic=True))
             label_pos.append(offset + i)
-            ctx_start.append(offset + max(0, i - L))
+            ctx_start.append(offset + max(0, end - L))
+            ctx_end.append(offset + end)
         rows_all.append(rows)
         ratings_all.append(ratings)
         offset += n
@@ -131,7 +135,8 @@ def test_encoder_equals_tensorflow_serialization_and_writer(tmp_path, L, G, seen
     half = len(label_pos) // 2
     framed = b"".join(
         encoder.encode_framed(np.array(label_pos[a:b]), np.array(ctx_start[a:b]),
-                              batch_seen(a, b)).tobytes()
+                              batch_seen(a, b),
+                              np.array(ctx_end[a:b]) if early else None).tobytes()
         for a, b in ((0, half), (half, len(label_pos))))
     got = _unframe(framed)
     assert len(got) == len(want)

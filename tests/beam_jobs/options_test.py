@@ -29,7 +29,8 @@ def test_metadata_flags_are_pinned():
     metadata.json (and so its _SUCCESS)."""
     assert JobConfig(input_dir="in", output_dir="out").recorded_flags() == {
         "input_dir": "in", "min_rating": 2.0, "min_timeline_length": 3,
-        "max_context_length": 10, "max_context_movie_genre_length": 10, "split": "last",
+        "max_context_length": 10, "max_context_movie_genre_length": 10,
+        "context_before_label_second": False, "split": "last",
         "train_fraction": 0.9, "seed": 42, "num_shards": 8, "compression": "gzip",
         "max_bad_fraction": 0.001, "download": None, "validation": True}
     flags = options.parse_args(["--input_dir=in", "--output_dir=o", "--min_rating=3.5",

@@ -24,12 +24,30 @@ def test_columns_round_trip():
 def test_example_positions():
     # Users (sorted rows): 1 x4, 2 x2 (short, dropped at min length 3), 3 x3. Context 2.
     user = np.array([1, 1, 1, 1, 2, 2, 3, 3, 3])
-    label, ctx, remaining, position, users, short = shards.example_positions(user, 3, 2)
+    label, ctx, end, remaining, position, users, short = shards.example_positions(user, 3, 2)
     assert label.tolist() == [1, 2, 3, 7, 8]
     assert ctx.tolist() == [0, 0, 1, 6, 6]           # max(user start, label - 2)
+    assert end.tolist() == label.tolist()            # the context ends right before its label
     assert remaining.tolist() == [2, 1, 0, 1, 0]     # examples after it: 0 = user's last
     assert position.tolist() == [1, 2, 3, 1, 2]
     assert (users, short) == (2, 1)
+
+
+def test_example_positions_with_contexts_before_the_label_second():
+    # User 1 rates at seconds 5, 5, 6, 6, 6, 9; user 3 at 1, 2, 2. Context 2.
+    user = np.array([1, 1, 1, 1, 1, 1, 3, 3, 3])
+    second = np.array([5, 5, 6, 6, 6, 9, 1, 2, 2])
+    assert shards.first_of_second(user, second).tolist() == [0, 0, 2, 2, 2, 5, 6, 7, 7]
+    label, ctx, end, remaining, position, users, short = shards.example_positions(
+        user, 3, 2, second)
+    # Row 1 shares the user's first second: no example. Rows 2-4 (second 6) see rows 0-1,
+    # row 5 the last two rows of second 6; rows 7 and 8 (second 2) see row 6 only.
+    assert label.tolist() == [2, 3, 4, 5, 7, 8]
+    assert end.tolist() == [2, 2, 2, 5, 7, 7]
+    assert ctx.tolist() == [0, 0, 0, 3, 6, 6]
+    assert remaining.tolist() == [3, 2, 1, 0, 1, 0]
+    assert position.tolist() == [2, 3, 4, 5, 1, 2]
+    assert (users, short) == (2, 0)
 
 
 def test_shard_bytes_do_not_depend_on_chunk_order(tmp_path):

@@ -64,7 +64,7 @@ def write_input(directory, ratings, movies, fmt="dat", encoding="latin-1") -> st
 
 
 def example_features(movie_ids, ratings, years, genres, position, max_context_length,
-                     max_context_movie_genre_length) -> dict[str, list]:
+                     max_context_movie_genre_length, context_end=None) -> dict[str, list]:
     """Features of one example as Python lists: the contract's slow, obvious definition,
     the oracle the job's encoder is checked against.
 
@@ -72,10 +72,12 @@ def example_features(movie_ids, ratings, years, genres, position, max_context_le
       movie_ids, ratings, years, genres: one user's timeline, already ordered; genres[j] is
         the list of genres of movie j.
       position: index of the label movie (>= 1).
+      context_end: one past the context's last movie (1..position; None: position).
     Returns:
       {feature name: list} with the lengths of schema.features().
     """
-    start, end = max(0, position - max_context_length), position
+    end = position if context_end is None else context_end
+    start = max(0, end - max_context_length)
     pad = max_context_length - (end - start)
     flat = [g.encode() for j in range(start, end) for g in genres[j]]
     flat = flat[:max_context_movie_genre_length]

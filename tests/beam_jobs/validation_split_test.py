@@ -76,6 +76,35 @@ def test_hand_built_timelines(tmp_path, hand_built):
     assert util.data_dir_problems(files) == [f"{name}: not the listed bytes"]
 
 
+def test_contexts_before_the_label_second(tmp_path, hand_built):
+    """--context_before_label_second: contexts and seen lists stop at the label's second."""
+    out = str(tmp_path / "out")
+    util.run_job(hand_built, out, "--num_shards=1", "--compression=none",
+                 "--max_context_length=4", "--context_before_label_second")
+    # User 7 (seconds: 1, 2 at 100; 4 below min at 150; 3 at 200; 5, 6 at 300): label 2
+    # shares the first second (no example); 5 and 6 both see 1 2 3, not each other.
+    # User 9 (1 at t1; 2, 3 at t2): both labels see 1. User 11 (4 below min at t0; 1 at
+    # t5; 2 and 5 below min at t6; 3 at t7): label 2 sees 1 (seen 1, 4), label 3 sees
+    # 1 2 (seen 1, 2, 4, 5).
+    assert _labels_and_seen(out, schema.TRAIN) == [(3, [1, 2, 0, 0], [])]
+    assert _labels_and_seen(out, schema.VALIDATION) == [
+        (5, [1, 2, 3, 0], [1, 2, 3, 4]),
+        (2, [1, 0, 0, 0], [1]),
+        (2, [1, 0, 0, 0], [1, 4]),
+    ]
+    assert _labels_and_seen(out, schema.TEST) == [
+        (6, [1, 2, 3, 0], [1, 2, 3, 4]),
+        (3, [1, 0, 0, 0], [1]),
+        (3, [1, 2, 0, 0], [1, 2, 4, 5]),
+    ]
+    meta = util.read_metadata(out)
+    assert meta["flags"]["context_before_label_second"] is True
+    assert meta["counts"]["train_examples"] == 1
+    vocab = schema.parse_vocab(open(os.path.join(out, schema.VOCAB_FILE)).read(), "vocab")
+    assert {r["movie_id"]: r["count"] for r in vocab} == {1: 0, 2: 0, 3: 1, 4: 0, 5: 0, 6: 0}
+    assert util.data_dir_problems(util.output_files(out)) == []
+
+
 def test_split_rule():
     # 5 positions (4 examples): 1, 2 train, 3 validation, 4 test.
     assert [timelines.split_of(1, p, 5, "last", True, 0.9, 0) for p in (1, 2, 3, 4)] == [
