@@ -9,7 +9,8 @@ from tests.beam_jobs import util
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--context_before_label_second"]])
+def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeypatch, extra):
     # Workers are fresh processes: they must import beam_jobs from the repo (no
     # save_main_session), wherever pytest was started.
     monkeypatch.setenv("PYTHONPATH", util.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -17,7 +18,7 @@ def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeyp
     shutil.copytree(util.SAMPLE, src)
     with open(src / "ratings.dat", "ab") as f:  # a few lines to set aside, too
         f.write(b"1::2::x::3\n\n300::99999::4::5\n")
-    flags = ["--split=random", "--num_shards=3", "--max_bad_fraction=0.01"]
+    flags = ["--split=random", "--num_shards=3", "--max_bad_fraction=0.01", *extra]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     util.run_job(src, a, *flags)
     # Different read ranges and two worker processes must not change a byte.
