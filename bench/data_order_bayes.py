@@ -154,23 +154,15 @@ def _joining(steps: Steps, group: tuple, prev: int, seen: np.ndarray,
     return out
 
 
-def label_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, *,
-                    label_last: bool = False, max_group: int = MAX_GROUP,
-                    window: int = WINDOW) -> np.ndarray:
-    """Unnormalised P(label = j, rows) for every movie: float64 [M], 0 for rows' movies.
-
-    rows: int [n >= 0], internal movie indices of every rating before the label, in the
-    data's (timestamp, movie_id) order. label_last=True keeps only the walks that reach
-    the label after every row (the posterior of a scorer that ignores how a same-second
-    label can precede its context's last movies in the walk).
-    A forward pass over the last `window` rows: forward[i] maps the movie walked last
-    before row i to the probability of rows[window start:i] as whole same-second groups.
-    """
+def _forward(steps: Steps, movies: syn.Movies, rows: np.ndarray, max_group: int,
+             window: int) -> tuple[list, dict, int]:
+    """The forward pass over the last `window` rows: (forward, seen, first). forward[i]
+    maps the movie walked last before row i to the probability of rows[first:i] as whole
+    same-second groups; seen[i]: bool [M], rows[:i] (first <= i <= n)."""
     n, m = len(rows), len(movies.ids)
-    rows = np.asarray(rows, np.int64)
     ids = movies.ids[rows]
     first = max(0, n - window)
-    seen = {first: np.zeros(m, bool)}  # seen[i]: rows[:i], for i in the window
+    seen = {first: np.zeros(m, bool)}
     seen[first][rows[:first]] = True
     for i in range(first, n):
         seen[i + 1] = seen[i].copy()
@@ -183,6 +175,24 @@ def label_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, *,
                 group = tuple(int(r) for r in rows[i:i + g])
                 for order, q in _orders(steps, group, prev, seen[i]):
                     forward[i + g][order[-1]] += p * q
+    return forward, seen, first
+
+
+def label_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, *,
+                    label_last: bool = False, max_group: int = MAX_GROUP,
+                    window: int = WINDOW) -> np.ndarray:
+    """Unnormalised P(label = j, rows) for every movie: float64 [M], 0 for rows' movies.
+
+    rows: int [n >= 0], internal movie indices of every rating before the label, in the
+    data's (timestamp, movie_id) order. label_last=True keeps only the walks that reach
+    the label after every row (the posterior of a scorer that ignores how a same-second
+    label can precede its context's last movies in the walk). Sums over the last
+    `window` rows (_forward).
+    """
+    n, m = len(rows), len(movies.ids)
+    rows = np.asarray(rows, np.int64)
+    ids = movies.ids[rows]
+    forward, seen, first = _forward(steps, movies, rows, max_group, window)
     label = np.zeros(m)
     for prev, p in forward[n].items():  # the label in a later second
         label += p * steps.entering(prev, seen[n])
@@ -195,4 +205,64 @@ def label_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, *,
         for prev, p in forward[i].items():
             label += p * above * _joining(steps, group, prev, seen[i], label_last)
     label[seen[n]] = 0.0
+    return label
+
+
+def kept_probability(movies: syn.Movies, min_rating: float) -> np.ndarray:
+    """[M] each movie's chance of a rating >= min_rating (integer stars, as in .dat):
+    beam_jobs.synthetic draws stars from a uniform that follows the movie's quality
+    (uniform within +-0.1 of it, mod 1) with P_RATING_FROM_QUALITY, else is free."""
+    stars = int(np.ceil(min_rating))
+    low = 0.0 if stars <= 1 else float(np.cumsum(syn.RATING_MIX)[min(stars, 6) - 2])
+    low = min(low, 1.0)  # stars < min_rating <=> the uniform < low
+    start = movies.quality - 0.1
+    inside = sum(np.clip(np.minimum(start + shift + 0.2, low) - np.maximum(start + shift, 0.0),
+                         0.0, None) for shift in (-1.0, 0.0, 1.0)) / 0.2
+    return 1.0 - (syn.P_RATING_FROM_QUALITY * inside + (1 - syn.P_RATING_FROM_QUALITY) * low)
+
+
+def second_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, kept: np.ndarray,
+                     *, max_group: int = MAX_GROUP, window: int = WINDOW) -> np.ndarray:
+    """Unnormalised P(label = j, rows) [M] for a user's last kept rating when `rows` are
+    every rating of the user's earlier seconds, in the data's order (the test label of
+    --context_before_label_second, whose context holds only those seconds).
+
+    The walk goes on after rows with a gap, rates one or two movies in that one second and
+    ends; the label is that second's largest-id kept movie, so a second movie there is
+    either below min_rating or kept with a smaller id. A longer last second is not summed
+    (its weight is ZERO^2, 3%), nor ratings below min_rating in later seconds. kept:
+    kept_probability(movies, min_rating).
+    """
+    n, m = len(rows), len(movies.ids)
+    rows = np.asarray(rows, np.int64)
+    forward, seen, _ = _forward(steps, movies, rows, max_group, window)
+    done = seen[n]
+    unseen = ~done
+    lower = np.arange(m)  # internal indices ascend with movie ids
+    total = steps._unseen(done)
+    succ, follow = steps.successors, steps.follow
+    followed = (unseen[succ]) @ follow  # [M]: a successor walk's mass after each movie
+    rest_left = np.maximum(total - steps.raw, 1e-300)  # the rest pool once x is walked
+    label = np.zeros(m)
+    for prev, p in forward[n].items():
+        a = steps.entering(prev, done)  # [M] the second's first movie (0 if seen)
+        # x then j: within(j | x) per pair, x kept only below j.
+        b = a * (1.0 - followed) / rest_left
+        x_then_j = steps.raw * (np.cumsum(b * kept) - b * kept
+                                + (b * (1 - kept)).sum() - b * (1 - kept))
+        for k, f in enumerate(follow):
+            j = succ[:, k]
+            weight = a * f * np.where(lower < j, 1.0, 1.0 - kept) * unseen[j]
+            x_then_j += np.bincount(j, weights=weight, minlength=m)
+        # j then x: within(x | j) summed over x, x kept only below j.
+        pool = steps.raw * unseen
+        rest_sum = (np.cumsum(pool * kept) - pool * kept
+                    + (pool * (1 - kept)).sum() - pool * (1 - kept))
+        j_then_x = (1.0 - followed) * rest_sum / rest_left
+        for k, f in enumerate(follow):
+            s = succ[:, k]
+            j_then_x += f * unseen[s] * np.where(s < lower, 1.0, 1.0 - kept[s])
+        label += p * (a + ZERO * (x_then_j + a * j_then_x))
+    label *= kept
+    label[done] = 0.0
     return label

@@ -22,7 +22,9 @@ their walk order), with that posterior's own expectation of its top-k share (equ
 share when the posterior is right), the same posterior when it ignores that a label
 sharing the second of the context's last movies may have been walked before them
 (label_last), and the share of labels for which that happened: their context holds a movie
-walked after them.
+walked after them. A last row scores the test labels with contexts that end before the
+label's second (beam_jobs.pipeline --context_before_label_second): the Bayes posterior of
+the user's last kept rating given the ratings of earlier seconds (second_posterior).
 """
 from __future__ import annotations
 
@@ -84,26 +86,28 @@ def movie_index(movies: syn.Movies) -> dict[int, int]:
 
 def data_view(movies: syn.Movies, index: dict[int, int], fav: np.ndarray, walk: np.ndarray,
               rows, back: int, min_rating: float = MIN_RATING
-              ) -> tuple[int, np.ndarray, np.ndarray]:
+              ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """The data_dir's example `back` steps from the end (1: test, 2: validation) of one
-    user: (label, true [M], before [n]).
+    user: (label, true [M], before [n], earlier [n']).
 
     index: movie_index(movies). rows: (movie ids, stars, timestamps) as written. The
     Beam job keeps stars >= min_rating and orders by (timestamp, movie_id); its label is
     the back-th last kept movie. `true` is the generator's distribution knowing the walk
     (the label's real previous movie and what was really seen before it); `before`
     holds the internal indices of every rating before the label in the data's order,
-    those below min_rating included (data_order_bayes.label_posterior's rows)."""
+    those below min_rating included (data_order_bayes.label_posterior's rows); `earlier`
+    those of the seconds before the label's (--context_before_label_second's context)."""
     ids, stars, ts = rows
     order = np.lexsort((ids, ts))
-    ids, stars = ids[order], stars[order]
+    ids, stars, ts = ids[order], stars[order], ts[order]
     at = np.flatnonzero(stars >= min_rating)[-back]
     label = index[int(ids[at])]
     step = int(np.flatnonzero(walk == label)[0])
     seen = np.zeros(len(movies.ids), bool)
     seen[walk[:step]] = True
     true = next_movie_probability(movies, fav, int(walk[step - 1]), seen)
-    return label, true, np.array([index[int(m)] for m in ids[:at]], np.int64)
+    return (label, true, np.array([index[int(m)] for m in ids[:at]], np.int64),
+            np.array([index[int(m)] for m in ids[ts < ts[at]]], np.int64))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     index = movie_index(movies)
     names = ("last step (test)", "second-to-last step (validation)")
     columns = {name: [] for name in names}
+    second = []  # test labels, contexts before the label's second: (hit, expected share)
+    kept = data_order_bayes.kept_probability(movies, a.min_rating)
 
     def hit(prob, movie):
         return movie in np.argpartition(-prob, a.k)[:a.k]
@@ -131,7 +137,12 @@ def main(argv: list[str] | None = None) -> None:
             t = len(walk) - back
             seen = np.zeros(len(movies.ids), bool)
             seen[walk[:t]] = True
-            label, true, before = data_view(movies, index, fav, walk, rows, back, a.min_rating)
+            label, true, before, earlier = data_view(movies, index, fav, walk, rows, back,
+                                                     a.min_rating)
+            if back == 1:
+                post = data_order_bayes.second_posterior(steps, movies, earlier, kept)
+                top = np.argpartition(-post, a.k)[:a.k]
+                second.append((label in top, post[top].sum() / post.sum()))
             bayes = data_order_bayes.label_posterior(steps, movies, before)
             top = np.argpartition(-bayes, a.k)[:a.k]
             last = data_order_bayes.label_posterior(steps, movies, before, label_last=True)
@@ -147,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in columns.items():
         means = " | ".join(f"{v:.4f}" for v in np.mean(values, axis=0))
         print(f"| {name} | {len(values)} | {means} |")
+    hit, expected = np.mean(second, axis=0)
+    print(f"| last step (test), contexts before the label's second | {len(second)} | - | - | "
+          f"{hit:.4f} | {expected:.4f} | - | - |")
 
 
 if __name__ == "__main__":

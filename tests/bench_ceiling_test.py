@@ -10,8 +10,8 @@ from bench import synthetic_ceiling
 def test_oracle_replays_the_generator_and_ranks_its_next_movies(capsys):
     # The replay raises if any user's movies differ from what the generator writes.
     synthetic_ceiling.main(["--num_users=150", "--k=10"])
-    rows = re.findall(r"\| 150 \| " + r" \| ".join([r"([\d.]+)"] * 6) + r" \|",
-                      capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = re.findall(r"\| 150 \| " + r" \| ".join([r"([\d.]+)"] * 6) + r" \|", out)
     shares = np.array(rows, float)
     # The walk follows a successor ~57% of the time: every scorer that knows the graph
     # places far more next movies in its top 10 than chance (10/3883).
@@ -22,6 +22,9 @@ def test_oracle_replays_the_generator_and_ranks_its_next_movies(capsys):
     # one standard error ~0.04), and ignoring the leak costs it.
     bayes, expected, label_last = shares[0, 2:5]
     assert abs(bayes - expected) < 0.1 and label_last <= bayes
+    # Contexts before the label's second: the same check of the last row's posterior.
+    second = re.search(r"second \| 150 \| - \| - \| ([\d.]+) \| ([\d.]+) \| - \| - \|", out)
+    assert second and abs(float(second[1]) - float(second[2])) < 0.1
 
 
 def test_probability_is_a_distribution_over_unseen_movies():
@@ -50,18 +53,21 @@ def test_data_view_takes_the_beam_jobs_label_and_what_precedes_it():
     # c was rated 1 star: the data drops it from the timeline (it stays among the rows
     # before the label: seen_movie_id keeps it), so the walk's previous movie for d is c.
     rows = (movies.ids[walk], np.array([5, 4, 1, 5]), np.array([10, 20, 25, 30]))
-    label, true, before = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=1)
-    assert label == d and before.tolist() == [a, b, c]
+    label, true, before, earlier = synthetic_ceiling.data_view(movies, index, fav, walk, rows,
+                                                               back=1)
+    assert label == d and before.tolist() == [a, b, c] and earlier.tolist() == [a, b, c]
     np.testing.assert_allclose(true, p(c, {a, b, c}))
     # Validation: the second-to-last kept movie, b.
-    label, true, before = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=2)
-    assert label == b and before.tolist() == [a]
+    label, true, before, earlier = synthetic_ceiling.data_view(movies, index, fav, walk, rows,
+                                                               back=2)
+    assert label == b and before.tolist() == earlier.tolist() == [a]
     np.testing.assert_allclose(true, p(a, {a}))
     # d then c in one second: the data orders them by movie id (c's is smaller), so the
     # label is d, c precedes it there, and d's previous movie in the walk is b.
     walk = np.array([a, b, d, c])
     rows = (movies.ids[walk], np.array([5, 4, 3, 5]), np.array([10, 20, 30, 30]))
-    label, true, before = synthetic_ceiling.data_view(movies, index, fav, walk, rows, back=1)
+    label, true, before, earlier = synthetic_ceiling.data_view(movies, index, fav, walk, rows,
+                                                               back=1)
     assert movies.ids[c] < movies.ids[d]
-    assert label == d and before.tolist() == [a, b, c]
+    assert label == d and before.tolist() == [a, b, c] and earlier.tolist() == [a, b]
     np.testing.assert_allclose(true, p(b, {a, b}))
