@@ -238,30 +238,26 @@ def second_posterior(steps: Steps, movies: syn.Movies, rows: np.ndarray, kept: n
     forward, seen, _ = _forward(steps, movies, rows, max_group, window)
     done = seen[n]
     unseen = ~done
-    lower = np.arange(m)  # internal indices ascend with movie ids
-    total = steps._unseen(done)
-    succ, follow = steps.successors, steps.follow
-    followed = (unseen[succ]) @ follow  # [M]: a successor walk's mass after each movie
-    rest_left = np.maximum(total - steps.raw, 1e-300)  # the rest pool once x is walked
+    index = np.arange(m)  # internal indices ascend with movie ids
+    followed = unseen[steps.successors] @ steps.follow  # [M] successor mass after each movie
+    rest_left = np.maximum(steps._unseen(done) - steps.raw, 1e-300)  # once it is walked
+
+    def others(v):
+        """[M] over j: sum over x != j of v(x), kept x counted only below j."""
+        return np.cumsum(v * kept) - v * kept + (v * (1 - kept)).sum() - v * (1 - kept)
+
+    # j then x: the sum over x of within(x | j), whatever came before j.
+    j_then_x = (1.0 - followed) * others(steps.raw * unseen) / rest_left
+    for s, f in zip(steps.successors.T, steps.follow, strict=True):
+        j_then_x += f * unseen[s] * np.where(s < index, 1.0, 1.0 - kept[s])
     label = np.zeros(m)
     for prev, p in forward[n].items():
         a = steps.entering(prev, done)  # [M] the second's first movie (0 if seen)
-        # x then j: within(j | x) per pair, x kept only below j.
-        b = a * (1.0 - followed) / rest_left
-        x_then_j = steps.raw * (np.cumsum(b * kept) - b * kept
-                                + (b * (1 - kept)).sum() - b * (1 - kept))
-        for k, f in enumerate(follow):
-            j = succ[:, k]
-            weight = a * f * np.where(lower < j, 1.0, 1.0 - kept) * unseen[j]
+        # x then j: the sum over x of a(x) within(j | x).
+        x_then_j = steps.raw * others(a * (1.0 - followed) / rest_left)
+        for j, f in zip(steps.successors.T, steps.follow, strict=True):
+            weight = a * f * np.where(index < j, 1.0, 1.0 - kept) * unseen[j]
             x_then_j += np.bincount(j, weights=weight, minlength=m)
-        # j then x: within(x | j) summed over x, x kept only below j.
-        pool = steps.raw * unseen
-        rest_sum = (np.cumsum(pool * kept) - pool * kept
-                    + (pool * (1 - kept)).sum() - pool * (1 - kept))
-        j_then_x = (1.0 - followed) * rest_sum / rest_left
-        for k, f in enumerate(follow):
-            s = succ[:, k]
-            j_then_x += f * unseen[s] * np.where(s < lower, 1.0, 1.0 - kept[s])
         label += p * (a + ZERO * (x_then_j + a * j_then_x))
     label *= kept
     label[done] = 0.0
