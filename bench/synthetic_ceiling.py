@@ -127,8 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     second = []  # test labels, contexts before the label's second: (hit, expected share)
     kept = data_order_bayes.kept_probability(movies, a.min_rating)
 
+    def scored(prob, movie):
+        """(movie in prob's top k, the share of prob's mass there)."""
+        top = np.argpartition(-prob, a.k)[:a.k]
+        return movie in top, prob[top].sum() / prob.sum()
+
     def hit(prob, movie):
-        return movie in np.argpartition(-prob, a.k)[:a.k]
+        return scored(prob, movie)[0]
 
     for fav, walk, rows in _walks(cfg, movies, counts):
         steps = data_order_bayes.Steps(movies, fav)
@@ -140,17 +145,14 @@ def main(argv: list[str] | None = None) -> None:
             label, true, before, earlier = data_view(movies, index, fav, walk, rows, back,
                                                      a.min_rating)
             if back == 1:
-                post = data_order_bayes.second_posterior(steps, movies, earlier, kept)
-                top = np.argpartition(-post, a.k)[:a.k]
-                second.append((label in top, post[top].sum() / post.sum()))
+                second.append(scored(
+                    data_order_bayes.second_posterior(steps, movies, earlier, kept), label))
             bayes = data_order_bayes.label_posterior(steps, movies, before)
-            top = np.argpartition(-bayes, a.k)[:a.k]
             last = data_order_bayes.label_posterior(steps, movies, before, label_last=True)
             columns[name].append((
                 hit(next_movie_probability(movies, fav, walk[t - 1], seen), walk[t]),
-                hit(true, label), label in top, bayes[top].sum() / bayes.sum(),
-                hit(last, label), max((step_of[int(r)] for r in before), default=-1)
-                > step_of[label]))
+                hit(true, label), *scored(bayes, label), hit(last, label),
+                max((step_of[int(r)] for r in before), default=-1) > step_of[label]))
     print(f"| step | users | oracle top-{a.k} | the data_dir's labels, knowing the walk | "
           "the same, Bayes from the data's order | its expected share | the same, the "
           "label walked after its whole context | labels walked before a context movie |"
@@ -158,9 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, values in columns.items():
         means = " | ".join(f"{v:.4f}" for v in np.mean(values, axis=0))
         print(f"| {name} | {len(values)} | {means} |")
-    hit, expected = np.mean(second, axis=0)
+    share, expected = np.mean(second, axis=0)
     print(f"| last step (test), contexts before the label's second | {len(second)} | - | - | "
-          f"{hit:.4f} | {expected:.4f} | - | - |")
+          f"{share:.4f} | {expected:.4f} | - | - |")
 
 
 if __name__ == "__main__":
