@@ -117,7 +117,7 @@ BATCH_EXAMPLES = 16384  # examples per encode call: ~30 MB of temporaries
 
 
 def example_positions(user: np.ndarray, min_timeline_length: int, max_context_length: int,
-                      second: np.ndarray | None = None
+                      second: np.ndarray | None = None, labels: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                  int, int]:
     """Examples of user-sorted rows (each timeline already ordered).
@@ -125,33 +125,39 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
     second: [n] each row's timestamp, or None. Given (JobConfig.context_before_label_second),
     a context holds only rows of earlier seconds than its label's: it ends at the first
     row of the label's second, and labels in a user's first second get no example.
+    labels: [n] bool, the rows that may be labels (rated >= --min_rating), or None: every
+    row. The other rows are context only (JobConfig.context_min_rating); a user's first
+    row is never a label (it has no context).
     Returns:
       label_pos, ctx_start, ctx_end: [E] row index of each example's label, of its first
       context movie and one past its last (label_pos without `second`). remaining: [E]
-      rows after the label in its timeline (0: the user's last, 1: the second-to-last).
-      position: [E] index in the timeline. users, short: users kept / dropped for fewer
-      than min_timeline_length ratings.
+      label rows after the label in its timeline (0: the user's last, 1: the
+      second-to-last). position: [E] index among its user's label rows. users, short:
+      users kept / dropped for fewer than min_timeline_length label rows.
     """
     n = len(user)
     if n == 0:
         z = np.zeros(0, np.int64)
         return z, z, z, z, z, 0, 0
+    labels = np.ones(n, bool) if labels is None else np.asarray(labels, bool)
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
-    ends = np.r_[starts[1:], n]
-    long = (ends - starts) >= min_timeline_length
-    starts, ends = starts[long], ends[long]
-    counts = ends - starts - 1  # examples per kept user
-    label_pos = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum()) + 1
-    user_start = np.repeat(starts, counts)
-    remaining = np.repeat(ends - 1, counts) - label_pos
+    per_user = np.add.reduceat(labels.astype(np.int64), starts)  # label rows of each user
+    long = per_user >= min_timeline_length
+    owner = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))  # row -> user
+    # Each row's place among its user's label rows (meaningful on label rows).
+    rank = np.cumsum(labels) - 1 - (np.cumsum(labels) - labels)[starts][owner]
+    label_pos = np.flatnonzero(labels & long[owner] & (np.arange(n) > starts[owner]))
+    user_start = starts[owner[label_pos]]
+    position = rank[label_pos]
+    remaining = per_user[owner[label_pos]] - 1 - position
     ctx_end = label_pos
     if second is not None:
         ctx_end = first_of_second(user, second)[label_pos]
         has_context = ctx_end > user_start
-        label_pos, user_start, remaining, ctx_end = (
-            a[has_context] for a in (label_pos, user_start, remaining, ctx_end))
+        label_pos, user_start, remaining, ctx_end, position = (
+            a[has_context] for a in (label_pos, user_start, remaining, ctx_end, position))
     ctx_start = np.maximum(user_start, ctx_end - max_context_length)
-    return (label_pos, ctx_start, ctx_end, remaining, label_pos - user_start,
+    return (label_pos, ctx_start, ctx_end, remaining, position,
             int(long.sum()), int((~long).sum()))
 
 
@@ -217,7 +223,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     """Orders each user's ratings, encodes their examples and writes the split files of
     shard `shard` (split_masks; users ascending, then label position ascending), and its
     users/ file (user_rows: one record per user, ascending). Ratings below cfg.min_rating
-    count only as seen movies. Held-out examples (validation/, test/) carry seen_movie_id
+    are never labels; below cfg.context_rating they count only as seen movies. Held-out examples (validation/, test/) carry seen_movie_id
     (seen_before) unless --novalidation, which writes the layout of earlier versions. With
     --context_before_label_second, contexts and seen lists stop at the label's second."""
     if chunks:
@@ -235,15 +241,20 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     order = np.lexsort((rating, movie, ts, user))
     user, movie, rating, ts = user[order], movie[order], rating[order], ts[order]
     all_user, all_movie = user, movie  # every rated movie: users/ seen_movie_id
-    kept = rating >= np.float32(cfg.min_rating)  # parse_range's test, on the same float32
-    kept_rows = np.flatnonzero(kept)  # kept row -> row of all_*
+    # The timelines: ratings >= the context threshold (--min_rating unless
+    # --context_min_rating is lower); labels need --min_rating (parse_range's test, on
+    # the same float32).
+    timeline = rating >= np.float32(cfg.context_rating)
+    timeline_rows = np.flatnonzero(timeline)  # timeline row -> row of all_*
+    kept = (rating >= np.float32(cfg.min_rating))[timeline]
     # What a held-out example's seen_movie_id lists: the rows before this one (of all_*).
     seen_end = (first_of_second(all_user, ts) if cfg.context_before_label_second
                 else np.arange(len(all_user)))
-    user, movie, rating = user[kept], movie[kept], rating[kept]
+    user, movie, rating = user[timeline], movie[timeline], rating[timeline]
     label_pos, ctx_start, ctx_end, remaining, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length,
-        ts[kept] if cfg.context_before_label_second else None)
+        ts[timeline] if cfg.context_before_label_second else None,
+        None if kept.all() else kept)
     masks = split_masks(user, label_pos, remaining, position, cfg)
     encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
                                              cfg.max_context_length,
@@ -253,7 +264,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     for split, mask in masks.items():
         writer = TFRecordWriter(schema.join(cfg.output_dir, split, name), cfg.compression)
         lp, cs, ce = label_pos[mask], ctx_start[mask], ctx_end[mask]
-        seen = (seen_before(all_user, all_movie, seen_end[kept_rows[lp]])
+        seen = (seen_before(all_user, all_movie, seen_end[timeline_rows[lp]])
                 if cfg.validation and split != schema.TRAIN else None)
         for b in range(0, len(lp), BATCH_EXAMPLES):
             e = min(b + BATCH_EXAMPLES, len(lp))
@@ -285,16 +296,17 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
 def user_rows(user: np.ndarray, movie: np.ndarray, all_user: np.ndarray,
               all_movie: np.ndarray, max_context_length: int
               ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The users/ records of one shard: every user with at least one kept rating (short
-    timelines included: they get recommendations too), ascending.
+    """The users/ records of one shard: every user with at least one timeline rating
+    (short timelines included: they get recommendations too), ascending.
 
     Args:
-      user, movie: [n] kept ratings, sorted by user then timeline order.
+      user, movie: [n] timeline ratings (kept, or >= --context_min_rating when given),
+        sorted by user then timeline order.
       all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
         sorted by user.
       max_context_length: L.
     Returns:
-      user_ids [U] int64; contexts [U, L] int64, each user's last L kept movies, oldest
+      user_ids [U] int64; contexts [U, L] int64, each user's last L timeline movies, oldest
       first, right-padded with PAD_MOVIE_ID; seen: U int64 arrays, each user's rated
       movies ascending and unique.
     """

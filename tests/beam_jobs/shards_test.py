@@ -50,6 +50,35 @@ def test_example_positions_with_contexts_before_the_label_second():
     assert (users, short) == (2, 0)
 
 
+def test_example_positions_with_context_only_rows():
+    # --context_min_rating: rows 0, 3 (user 1) and 6 (user 3) are context only (False).
+    # User 1: C L L C L; user 2: C L (one label row: short); user 3: L C L L.
+    user = np.array([1, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3])
+    labels = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1], bool)
+    label, ctx, end, remaining, position, users, short = shards.example_positions(
+        user, 2, 2, labels=labels)
+    # User 1's first label row (1) has a context (row 0); user 3's first row (7) has none.
+    assert label.tolist() == [1, 2, 4, 9, 10]
+    assert ctx.tolist() == [0, 0, 2, 7, 8]
+    assert end.tolist() == label.tolist()
+    assert remaining.tolist() == [2, 1, 0, 1, 0]  # label rows after it
+    assert position.tolist() == [0, 1, 2, 1, 2]   # place among the user's label rows
+    assert (users, short) == (2, 1)
+    # Every row a label: the same as no mask.
+    every = shards.example_positions(user, 2, 2, labels=np.ones(len(user), bool))
+    for a, b in zip(every, shards.example_positions(user, 2, 2), strict=True):
+        assert np.array_equal(a, b)
+    # With seconds: row 2 shares row 1's second, so it sees row 0 only; user 3's row 9
+    # shares row 8's second and sees row 7.
+    second = np.array([1, 2, 2, 3, 4, 1, 2, 5, 6, 6, 7])
+    label, ctx, end, remaining, position, _, _ = shards.example_positions(
+        user, 2, 2, second, labels)
+    assert label.tolist() == [1, 2, 4, 9, 10]
+    assert end.tolist() == [1, 1, 4, 8, 10]
+    assert ctx.tolist() == [0, 0, 2, 7, 8]
+    assert remaining.tolist() == [2, 1, 0, 1, 0]
+
+
 def test_shard_bytes_do_not_depend_on_chunk_order(tmp_path):
     """Duplicate (user, timestamp, movie) rows with different ratings arrive in whatever
     order the shuffle gives; the shard must not change."""

@@ -105,6 +105,53 @@ def test_contexts_before_the_label_second(tmp_path, hand_built):
     assert util.data_dir_problems(util.output_files(out)) == []
 
 
+@pytest.mark.parametrize("before_second", [False, True])
+def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_second):
+    """--context_min_rating=0: ratings below --min_rating join the contexts (and users/
+    histories), never the labels; a user's first kept rating is a label when a lower one
+    came before it."""
+    out = str(tmp_path / "out")
+    util.run_job(hand_built, out, "--num_shards=1", "--compression=none",
+                 "--max_context_length=4", "--context_min_rating=0",
+                 *(["--context_before_label_second"] if before_second else []))
+    # User 7's timeline: 1 2 (t100) [4 (t150, 1 star)] 3 (t200) 5 6 (t300). User 11's:
+    # [4 (t0, 1 star)] 1 (t5) 2 [5 (t6, 1 star)] (t6) 3 (t7): label 1 now has a context.
+    if before_second:  # label 2 shares user 7's first second; 6 does not see 5
+        train = [(3, [1, 2, 4, 0], []), (1, [4, 0, 0, 0], [])]
+        test_7 = (6, [1, 2, 4, 3], [1, 2, 3, 4])
+    else:
+        train = [(2, [1, 0, 0, 0], []), (3, [1, 2, 4, 0], []), (1, [4, 0, 0, 0], [])]
+        test_7 = (6, [2, 4, 3, 5], [1, 2, 3, 4, 5])
+    assert _labels_and_seen(out, schema.TRAIN) == train
+    assert _labels_and_seen(out, schema.VALIDATION) == [
+        (5, [1, 2, 4, 3], [1, 2, 3, 4]),
+        (2, [1, 0, 0, 0], [1]),
+        (2, [4, 1, 0, 0], [1, 4]),
+    ]
+    assert _labels_and_seen(out, schema.TEST) == [
+        test_7,
+        (3, [1, 2, 0, 0] if not before_second else [1, 0, 0, 0], [1, 2] if not before_second
+         else [1]),
+        (3, [4, 1, 2, 5], [1, 2, 4, 5]),
+    ]
+    # users/ histories: the last 4 timeline movies, the 1-star ones included.
+    import tensorflow as tf
+
+    histories = {}
+    for entry in util.read_metadata(out)[schema.MANIFEST][schema.USERS]:
+        for record in tf.data.TFRecordDataset(os.path.join(out, schema.USERS, entry["name"])):
+            f = tf.train.Example.FromString(record.numpy()).features.feature
+            histories[f[schema.USER_ID].int64_list.value[0]] = list(
+                f[schema.CONTEXT_MOVIE_ID].int64_list.value)
+    assert histories == {7: [4, 3, 5, 6], 9: [1, 2, 3, 0], 11: [1, 2, 5, 3]}
+    meta = util.read_metadata(out)
+    assert meta["flags"]["context_min_rating"] == 0.0
+    vocab = schema.parse_vocab(open(os.path.join(out, schema.VOCAB_FILE)).read(), "vocab")
+    assert {r["movie_id"]: r["count"] for r in vocab if r["count"]} == {
+        m: 1 for m, _, _ in train}
+    assert util.data_dir_problems(util.output_files(out)) == []
+
+
 def test_split_rule():
     # 5 positions (4 examples): 1, 2 train, 3 validation, 4 test.
     assert [timelines.split_of(1, p, 5, "last", True, 0.9, 0) for p in (1, 2, 3, 4)] == [
