@@ -269,12 +269,11 @@ class JobConfig:
     # input and flags (any runner, any directory).
     output_dir: str = option(help="Output directory or gs:// URI.", recorded=False)
     min_rating: float = option(2.0, "Keep ratings >= this (default {default}).")
-    context_min_rating: float | None = option(
-        None, "Contexts (and users/ histories) hold the ratings >= this; labels still need "
-        "--min_rating. Default: --min_rating, as the reference generator does. Lower (0: "
-        "every rating) keeps the movies a user rated low in the histories: they were "
-        "watched all the same, and the next movie may follow one of them. Must be <= "
-        "--min_rating.")
+    low_ratings_in_context: bool = option(
+        True, "Ratings below --min_rating stay in the contexts and users/ histories (never "
+        "labels): a movie rated 1 star was watched all the same, and the next movie may "
+        "follow it (default {default}). --nolow_ratings_in_context drops them from the "
+        "timelines, as the reference generator does.")
     min_timeline_length: int = option(3, "Drop users with fewer kept ratings (default "
                                       "{default}).", check=at_least(1))
     max_context_length: int = option(
@@ -300,8 +299,8 @@ class JobConfig:
     validation: bool = option(
         True, "With --split=last, write each user's second-to-last example to validation/ "
         "(train/ keeps the rest); validation/ and test/ examples (any --split) carry "
-        "seen_movie_id. --novalidation writes the earlier two-split layout byte for byte "
-        "(default {default}).")
+        "seen_movie_id. --novalidation writes the earlier two-split layout (byte for byte "
+        "with --nolow_ratings_in_context) (default {default}).")
     num_shards: int = option(
         8, "Shards per split; users are assigned to shards by a stable hash (default "
         "{default}: enough files for 8 readers, few enough to stay large on ML-1M).",
@@ -323,16 +322,7 @@ class JobConfig:
         0, "Bytes of ratings per parallel read task (default {default}: automatic). Never "
         "changes the output.", check=at_least(0), recorded=False)
 
-    def __post_init__(self):
-        validate(self)
-        if self.context_min_rating is not None and self.context_min_rating > self.min_rating:
-            raise FlagError(f"--context_min_rating: must be <= --min_rating "
-                            f"({_shown(self.min_rating)}), got {_shown(self.context_min_rating)}")
-
-    @property
-    def context_rating(self) -> float:
-        """The lowest rating a context (or users/ history) movie may have."""
-        return self.min_rating if self.context_min_rating is None else self.context_min_rating
+    __post_init__ = validate
 
     def recorded_flags(self) -> dict[str, Any]:
         """The flags written to metadata.json: every option declared recorded."""

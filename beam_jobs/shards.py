@@ -126,7 +126,7 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
     a context holds only rows of earlier seconds than its label's: it ends at the first
     row of the label's second, and labels in a user's first second get no example.
     labels: [n] bool, the rows that may be labels (rated >= --min_rating), or None: every
-    row. The other rows are context only (JobConfig.context_min_rating); a user's first
+    row. The other rows are context only (JobConfig.low_ratings_in_context); a user's first
     row is never a label (it has no context).
     Returns:
       label_pos, ctx_start, ctx_end: [E] row index of each example's label, of its first
@@ -223,8 +223,10 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     """Orders each user's ratings, encodes their examples and writes the split files of
     shard `shard` (split_masks; users ascending, then label position ascending), and its
     users/ file (user_rows: one record per user, ascending). Ratings below cfg.min_rating
-    are never labels; below cfg.context_rating they count only as seen movies. Held-out examples (validation/, test/) carry seen_movie_id
-    (seen_before) unless --novalidation, which writes the layout of earlier versions. With
+    are never labels; they are in the timelines with cfg.low_ratings_in_context, else
+    they count only as seen movies.
+    Held-out examples (validation/, test/) carry seen_movie_id (seen_before) unless
+    --novalidation, which writes the layout of earlier versions. With
     --context_before_label_second, contexts and seen lists stop at the label's second."""
     if chunks:
         user = np.concatenate([c.user for c in chunks])
@@ -241,12 +243,12 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     order = np.lexsort((rating, movie, ts, user))
     user, movie, rating, ts = user[order], movie[order], rating[order], ts[order]
     all_user, all_movie = user, movie  # every rated movie: users/ seen_movie_id
-    # The timelines: ratings >= the context threshold (--min_rating unless
-    # --context_min_rating is lower); labels need --min_rating (parse_range's test, on
-    # the same float32).
-    timeline = rating >= np.float32(cfg.context_rating)
+    # The timelines: every rating with --low_ratings_in_context, else the kept ones;
+    # labels need --min_rating (parse_range's test, on the same float32).
+    kept = rating >= np.float32(cfg.min_rating)
+    timeline = np.ones(len(kept), bool) if cfg.low_ratings_in_context else kept
     timeline_rows = np.flatnonzero(timeline)  # timeline row -> row of all_*
-    kept = (rating >= np.float32(cfg.min_rating))[timeline]
+    kept = kept[timeline]
     # What a held-out example's seen_movie_id lists: the rows before this one (of all_*).
     seen_end = (first_of_second(all_user, ts) if cfg.context_before_label_second
                 else np.arange(len(all_user)))
@@ -300,7 +302,8 @@ def user_rows(user: np.ndarray, movie: np.ndarray, all_user: np.ndarray,
     (short timelines included: they get recommendations too), ascending.
 
     Args:
-      user, movie: [n] timeline ratings (kept, or >= --context_min_rating when given),
+      user, movie: [n] timeline ratings (kept ones, and the others with
+        --low_ratings_in_context),
         sorted by user then timeline order.
       all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
         sorted by user.

@@ -25,8 +25,9 @@ movie. It is exact for the generator up to three simplifications: only the last 
 rows are summed over (the row before them is taken as the walk's movie before them);
 same-second groups hold at most `max_group` rows of the context; and the rest draw is
 taken as rejection without the generator's four-retry cap. It knows what no model of the
-data knows: every parameter, the user's favourite genres, and the ratings below
---min_rating that the data_dir drops from contexts (its seen_movie_id keeps them). It
+data knows: every parameter and the user's favourite genres; and the ratings below
+--min_rating, which the default data_dir keeps in its contexts too (the reference
+timelines, --nolow_ratings_in_context, drop them; seen_movie_id keeps them). It
 does not model rows after the label (for a validation label, the test rating may share
 its second and have been walked before it), so its validation posterior is the less
 calibrated one (bench/README_quality.md measures both).

@@ -39,11 +39,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-# The Beam rows write the reference's two splits (--novalidation): the reference and the
-# floor have no validation split, and the examples are compared split by split.
+# The Beam rows write the reference's two splits (--novalidation) and timelines
+# (--nolow_ratings_in_context): the reference and the floor have no validation split and
+# drop the ratings below --min_rating, and the examples are compared split by split.
+REFERENCE_LAYOUT = ["--novalidation", "--nolow_ratings_in_context"]
 IMPLS = {
-    "beam": ["-m", "beam_jobs.pipeline", "--overwrite", "--novalidation"],
-    "beam_mp2": ["-m", "beam_jobs.pipeline", "--overwrite", "--novalidation",
+    "beam": ["-m", "beam_jobs.pipeline", "--overwrite", *REFERENCE_LAYOUT],
+    "beam_mp2": ["-m", "beam_jobs.pipeline", "--overwrite", *REFERENCE_LAYOUT,
                  "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
     "reference": ["-m", "bench.reference_prep"],
     "floor": ["-m", "bench.floor_prep"],

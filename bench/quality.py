@@ -3,18 +3,22 @@ setup on our trainer, our defaults; real data first.
 
     python -m bench.quality --ml100k --ml1m_synthetic     # both tables, real first
     python -m bench.quality --ml100k --only "tutorial's code" --tutorial_epochs=1  # a smoke run
-    python -m bench.quality --last_dir=DIR [--random_dir=DIR]   # any beam_jobs output
+    python -m bench.quality --last_dir=DIR [--reference_dir=DIR --random_dir=DIR]  # any data
     python -m bench.quality --ml100k --exclude_seen       # rank without seen movies
 
 Data sets (prepared once, cached in --work_dir under a hash of the beam_jobs
 source that made them, so a changed job rebuilds them):
   --ml100k          real MovieLens 100K (bench/movielens100k.py: recbole 1.2.1's copy,
-                    fetched into a cache, never committed) through beam_jobs.pipeline
-                    with its defaults;
+                    fetched into a cache, never committed) through beam_jobs.pipeline;
   --ml1m_synthetic  beam_jobs.synthetic's defaults (the ML-1M shape: 6,040 users,
                     1,000,209 ratings) through beam_jobs.pipeline;
-  --last_dir        a data_dir made with --split=last (and --random_dir, one made
-                    with --split=random, for the random-split row).
+  --last_dir        a data_dir made with --split=last (and --reference_dir, the same
+                    ratings with --nolow_ratings_in_context; --random_dir, one made with
+                    --split=random, for the random-split row).
+Each prepared set is made twice: with the job's defaults (our rows) and with the TFRS
+reference generator's timelines, ratings below --min_rating dropped (the tutorial's
+rows: its code and its preset, data preparation included; data column "reference").
+Both have the same validation and test labels.
 
 Rows, each in a fresh process from a frozen copy of the source (see snapshot):
   * "tutorial's code, N epochs" for each N of --tutorial_epochs: bench/tutorial.py,
@@ -78,9 +82,10 @@ DEFAULTS_CHOSEN_ON = "validation"
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One configuration: which data_dir ("last" or "random"), trainer flags, the
-    split it was chosen on, tutorial_epochs > 0 for the tutorial's own code, markov
-    for the counting baseline (bench/markov_run.py)."""
+    """One configuration: which data_dir ("last", "reference": the same ratings with
+    the reference generator's timelines, or "random"), trainer flags, the split it
+    was chosen on, tutorial_epochs > 0 for the tutorial's own code, markov for the
+    counting baseline (bench/markov_run.py)."""
 
     data: str = "last"
     flags: tuple[str, ...] = ()
@@ -93,7 +98,8 @@ MARKOV_ROW = "markov chain, last 3 movies"
 ROWS = {
     # trainer/markov.py's defaults were chosen on ML-100K's validation split.
     MARKOV_ROW: Row(chosen_on="validation", markov=True),
-    "tutorial preset": Row(flags=("--preset=tutorial",), chosen_on="tutorial"),
+    # The tutorial's setup, its data preparation included.
+    "tutorial preset": Row("reference", ("--preset=tutorial",), "tutorial"),
     "defaults": Row(chosen_on=DEFAULTS_CHOSEN_ON),
     # The defaults' towers without the counted successors blended in: what training adds.
     "towers alone": Row(flags=("--markov_weight=0",), chosen_on=DEFAULTS_CHOSEN_ON),
@@ -193,8 +199,8 @@ def select_rows(tutorial_epochs, extra: list[str], only: list[str], random: bool
     """name -> Row: the tutorial's code per epoch count, ROWS, then --row additions;
     only: names (or the part before a name's comma) to keep; random: whether a
     random-split data_dir was given."""
-    rows = {f"{TUTORIAL_ROW}, {n} epoch{'s' * (n != 1)}": Row(chosen_on="tutorial",
-                                                               tutorial_epochs=n)
+    rows = {f"{TUTORIAL_ROW}, {n} epoch{'s' * (n != 1)}": Row(
+        "reference", chosen_on="tutorial", tutorial_epochs=n)
             for n in tutorial_epochs}
     rows.update(ROWS)
     for spec in extra:
@@ -252,13 +258,21 @@ def mean_of_runs(runs: list[dict]) -> dict:
             "best_rate": max(rates) if rates else None}
 
 
+def data_kind(row: Row, dirs: dict) -> str:
+    """The dirs key `row` runs on: its own, but "last" for a "reference" row when no
+    reference data_dir was given."""
+    return "last" if row.data == "reference" and not dirs.get("reference") else row.data
+
+
 def run_data_set(dirs: dict, rows: dict, work: str, exclude_seen: bool,
                  seeds: tuple[int, ...] = ()) -> list[dict]:
-    """Runs every row on its data_dir (dirs: "last"/"random" -> path), each trained
-    row once per seed (none: once, with its own default seed); the table's rows,
-    popularity first (from the first row run on each data_dir)."""
+    """Runs every row on its data_dir (dirs: "last"/"reference"/"random" -> path; a
+    "reference" row runs on "last" when dirs has no reference), each trained row once
+    per seed (none: once, with its own default seed); the table's rows, popularity
+    first (from the first row run on each data_dir)."""
     out, popularity = [], {}
     for name, row in rows.items():
+        row = dataclasses.replace(row, data=data_kind(row, dirs))
         data_dir = dirs[row.data]
         if row.markov:  # counting has no seed
             runs = [run_markov(data_dir, work, exclude_seen)]
@@ -293,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--last_dir", help="a data_dir made with --split=last")
     p.add_argument("--random_dir", help="with --last_dir: one made with --split=random "
                    "(the random-split row)")
+    p.add_argument("--reference_dir", help="with --last_dir: the same ratings made with "
+                   "--nolow_ratings_in_context (the reference generator's timelines), for "
+                   "the tutorial's rows (default: they run on --last_dir)")
     p.add_argument("--tutorial_epochs", default="3,30",
                    help="comma-separated epoch counts: one tutorial's-code row each")
     p.add_argument("--exclude_seen", action="store_true",
@@ -321,12 +338,14 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--seeds={a.seeds}: give comma-separated integers, e.g. 42,1,2")
     if len(set(seeds)) != len(seeds):
         p.error(f"--seeds={a.seeds}: each seed once")
-    for flag, d in (("--last_dir", a.last_dir), ("--random_dir", a.random_dir)):
+    for flag, d in (("--last_dir", a.last_dir), ("--random_dir", a.random_dir),
+                    ("--reference_dir", a.reference_dir)):
         if d and not os.path.exists(os.path.join(d, schema.SUCCESS_FILE)):
             p.error(f"{flag}={d}: no {schema.SUCCESS_FILE}; give a finished beam_jobs.pipeline "
                     "output_dir")
-    if a.random_dir and not a.last_dir:
-        p.error("--random_dir needs --last_dir")
+    for flag, d in (("--random_dir", a.random_dir), ("--reference_dir", a.reference_dir)):
+        if d and not a.last_dir:
+            p.error(f"{flag} needs --last_dir")
     if not (a.ml100k or a.ml1m_synthetic or a.last_dir):
         p.error("give --ml100k, --ml1m_synthetic and/or --last_dir")
     rows = select_rows(epochs, a.row, a.only, bool(a.random_dir))
@@ -337,12 +356,15 @@ def main(argv: list[str] | None = None) -> None:
 
     data_sets = []  # real data first
     if a.ml100k:
-        data_sets.append(("Real MovieLens 100K", {"last": prepare_ml100k(work)}))
+        data_sets.append(("Real MovieLens 100K", {
+            "last": prepare_ml100k(work), "reference": prepare_ml100k(work, reference=True)}))
     if a.ml1m_synthetic:
-        data_sets.append(("Synthetic, ML-1M shape", {"last": prepare_synthetic(work)}))
+        data_sets.append(("Synthetic, ML-1M shape", {
+            "last": prepare_synthetic(work), "reference": prepare_synthetic(work, reference=True)}))
     if a.last_dir:
-        data_sets.append((a.last_dir, {"last": os.path.abspath(a.last_dir),
-                                       "random": a.random_dir and os.path.abspath(a.random_dir)}))
+        data_sets.append((a.last_dir, {
+            kind: d and os.path.abspath(d) for kind, d in (
+                ("last", a.last_dir), ("reference", a.reference_dir), ("random", a.random_dir))}))
     seen = "seen movies excluded" if a.exclude_seen else "nothing excluded"
     texts, results = [], []
     for title, dirs in data_sets:

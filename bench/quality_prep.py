@@ -2,7 +2,8 @@
 
 * snapshot: a frozen copy of the packages under test, named by a hash of their files;
 * prepare_ml100k / prepare_synthetic: raw ratings through beam_jobs.pipeline (its
-  defaults) from that copy, cached in the work dir under a hash of beam_jobs;
+  defaults, or the reference generator's timelines) from that copy, cached in the work
+  dir under a hash of beam_jobs;
 * tutorial_input: a data_dir's train split as the tutorial's one uncompressed file.
 """
 from __future__ import annotations
@@ -101,13 +102,20 @@ def _module(src: str, module: str, *args: str) -> None:
                          f"{(proc.stdout + proc.stderr)[-3000:]}")
 
 
-def _prepared(work: str, name: str, make_raw) -> str:
+# The job's flags for the timelines of the TFRS tutorial's reference generator (ratings
+# below --min_rating dropped), on which the tutorial's rows train.
+REFERENCE_FLAGS = ("--nolow_ratings_in_context",)
+
+
+def _prepared(work: str, name: str, make_raw, reference: bool = False) -> str:
     """work/data-<beam_jobs hash>/<name>: raw ratings made by make_raw(src, raw_dir)
     (into a temporary directory, then renamed), then beam_jobs.pipeline with its
-    defaults. Reused while its _SUCCESS exists."""
+    defaults (reference: with REFERENCE_FLAGS, into <name>-reference). Reused while its
+    _SUCCESS exists."""
     src = snapshot(work)
     base = os.path.join(work, f"data-{_tree_hash(src, ('beam_jobs',))}")
-    raw, data_dir = os.path.join(base, f"{name}-raw"), os.path.join(base, name)
+    raw = os.path.join(base, f"{name}-raw")
+    data_dir = os.path.join(base, f"{name}-reference" if reference else name)
     if not os.path.exists(os.path.join(data_dir, schema.SUCCESS_FILE)):
         if not os.path.isdir(raw):
             os.makedirs(base, exist_ok=True)
@@ -116,18 +124,20 @@ def _prepared(work: str, name: str, make_raw) -> str:
             os.replace(tmp, raw)
         print(f"preparing {data_dir} ...", file=sys.stderr, flush=True)
         _module(src, "beam_jobs.pipeline", f"--input_dir={raw}", f"--output_dir={data_dir}",
-                "--overwrite")
+                "--overwrite", *(REFERENCE_FLAGS if reference else ()))
     return data_dir
 
 
-def prepare_ml100k(work: str) -> str:
-    """Real MovieLens 100K through the Beam job (defaults); its data_dir."""
+def prepare_ml100k(work: str, reference: bool = False) -> str:
+    """Real MovieLens 100K through the Beam job (defaults, or REFERENCE_FLAGS); its
+    data_dir."""
     return _prepared(work, "ml100k", lambda src, raw: _module(
-        src, "bench.movielens100k", f"--output_dir={raw}"))
+        src, "bench.movielens100k", f"--output_dir={raw}"), reference)
 
 
-def prepare_synthetic(work: str, name: str = "ml1m-synthetic", flags=()) -> str:
+def prepare_synthetic(work: str, name: str = "ml1m-synthetic", flags=(),
+                      reference: bool = False) -> str:
     """beam_jobs.synthetic (defaults: the ML-1M shape; `flags` change it) through the
-    Beam job; its data_dir."""
+    Beam job (defaults, or REFERENCE_FLAGS); its data_dir."""
     return _prepared(work, name, lambda src, raw: _module(
-        src, "beam_jobs.synthetic", f"--output_dir={raw}", *flags))
+        src, "beam_jobs.synthetic", f"--output_dir={raw}", *flags), reference)

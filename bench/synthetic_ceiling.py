@@ -11,8 +11,9 @@ seen. This script replays the generator (same seed, same draws), scores every mo
 each user's last and second-to-last step with that distribution (the Bayes-optimal
 ranking), and prints the share of steps whose movie is in the top k: no scorer of the
 walk's steps beats it on average. The data_dir's labels are not the walk's steps, though:
-the Beam job drops ratings below --min_rating and orders same-second ratings by movie id,
-so a context may end with a movie walked after its label, which tells about the label.
+the Beam job never makes a rating below --min_rating a label and orders same-second
+ratings by movie id, so a context may end with a movie walked after its label, which tells
+about the label.
 
 The other columns score the labels the Beam job writes instead (data_view: the last and
 second-to-last kept movie in (timestamp, movie_id) order): knowing the walk (the label's

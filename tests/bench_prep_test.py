@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench import compare, floor_prep
+from bench import compare, floor_prep, prep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_PIPELINE = os.path.exists(os.path.join(ROOT, "beam_jobs", "pipeline.py"))
@@ -46,9 +46,10 @@ def test_implementations_write_the_same_examples(case, tmp_path):
     floor_prep.main([f"--input_dir={data}", f"--output_dir={outs['floor']}", *job_flags])
     if HAS_PIPELINE:
         outs["beam"] = str(tmp_path / "beam")
-        # --novalidation: the reference writes two splits (train, test), no validation.
+        # The reference writes two splits (train, test), no validation, and drops the
+        # ratings below --min_rating from the timelines.
         _run("beam_jobs.pipeline", f"--input_dir={data}", f"--output_dir={outs['beam']}",
-             "--novalidation", *job_flags)
+             *prep.REFERENCE_LAYOUT, *job_flags)
 
     rows = {name: {s: compare.canonical_rows(d, s, *lengths) for s in ("train", "test")}
             for name, d in outs.items()}

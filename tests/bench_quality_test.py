@@ -58,6 +58,18 @@ def test_rows_tutorial_epochs_only_and_random():
     assert list(only) == ["tutorial's code, 1 epoch", "tutorial's code, 3 epochs", "defaults"]
 
 
+def test_the_tutorials_rows_run_on_the_reference_timelines():
+    """Its code and its preset train on the reference generator's timelines when the data
+    set has them (--reference_dir, or a prepared set), else on the last split."""
+    rows = quality.select_rows([3], [], [], random=False)
+    both = {"last": "/l", "reference": "/r"}
+    kinds = {name: quality.data_kind(row, both) for name, row in rows.items()}
+    assert kinds == {"tutorial's code, 3 epochs": "reference", "tutorial preset": "reference",
+                     quality.MARKOV_ROW: "last", "defaults": "last", "towers alone": "last"}
+    assert {quality.data_kind(row, {"last": "/l", "reference": None})
+            for row in rows.values()} == {"last"}
+
+
 def test_exclude_seen_reaches_both_kinds_of_row():
     on = quality.trainer_args("D", "M", ("--epochs=1",), exclude_seen=True)
     off = quality.trainer_args("D", "M", ("--epochs=1",), exclude_seen=False)
@@ -96,6 +108,8 @@ def test_bad_flags_exit_2(tmp_path, capsys):
                        (["--ml100k", "--seeds=1,x"], "--seeds=1,x: give comma-separated"),
                        (["--ml100k", "--seeds=1,1"], "--seeds=1,1: each seed once"),
                        ([f"--last_dir={tmp_path}"], f"--last_dir={tmp_path}: no _SUCCESS"),
+                       ([f"--reference_dir={tmp_path}", "--ml100k"],
+                        f"--reference_dir={tmp_path}: no _SUCCESS"),
                        ([], "give --ml100k")):
         with pytest.raises(SystemExit) as e:
             quality.main([*argv, f"--work_dir={tmp_path}"])
@@ -121,6 +135,32 @@ def tiny(tmp_path_factory):
     """(work dir, data_dir): the tiny synthetic set through quality's own preparation."""
     work = str(tmp_path_factory.mktemp("quality"))
     return work, quality_prep.prepare_synthetic(work, "tiny", TINY)
+
+
+@pytest.mark.slow
+def test_the_reference_timelines_share_the_raw_ratings_and_the_labels(tiny):
+    work, data_dir = tiny
+    reference = quality_prep.prepare_synthetic(work, "tiny", TINY, reference=True)
+    assert reference == data_dir + "-reference"
+    meta = {}
+    for d in (data_dir, reference):
+        with open(os.path.join(d, schema.METADATA_FILE)) as f:
+            meta[d] = json.load(f)
+    assert meta[data_dir]["flags"]["low_ratings_in_context"] is True
+    assert meta[reference]["flags"]["low_ratings_in_context"] is False
+    assert meta[data_dir]["input"] == meta[reference]["input"]  # one raw set
+    for split in ("validation", "test"):
+        labels = [sorted(_labels(d, split)) for d in (data_dir, reference)]
+        assert labels[0] == labels[1] and labels[0]
+    assert (meta[data_dir]["counts"]["train_examples"]
+            > meta[reference]["counts"]["train_examples"])  # first kept ratings after low ones
+
+
+def _labels(data_dir: str, split: str) -> list[int]:
+    files = sorted(os.path.join(data_dir, split, n) for n in os.listdir(os.path.join(data_dir, split)))
+    spec = {schema.LABEL_MOVIE_ID: tf.io.FixedLenFeature([1], tf.int64)}
+    return [int(tf.io.parse_single_example(r, spec)[schema.LABEL_MOVIE_ID][0])
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
 @pytest.mark.slow

@@ -240,7 +240,7 @@ def test_default_run_logs_a_short_useful_stderr(tmp_path, monkeypatch):
     assert 10 <= len(lines) <= 20, r.stderr
     assert all(_LOG_LINE.match(line) for line in lines[:-1]), r.stderr
     assert lines[-1].startswith(
-        f"{out}: 30333 train / 300 validation / 300 test examples from 300 users")
+        f"{out}: 30352 train / 300 validation / 300 test examples from 300 users")
     for noise in ("Traceback", "Warning", "WARNING", "ERROR", "apache_beam", "Prism",
                   "Discarding"):
         assert noise not in r.stderr, noise

@@ -9,7 +9,7 @@ from tests.beam_jobs import util
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("extra", [[], ["--context_before_label_second", "--context_min_rating=0"]])
+@pytest.mark.parametrize("extra", [[], ["--context_before_label_second", "--nolow_ratings_in_context"]])
 def test_in_process_and_multi_processing_write_identical_bytes(tmp_path, monkeypatch, extra):
     # Workers are fresh processes: they must import beam_jobs from the repo (no
     # save_main_session), wherever pytest was started.

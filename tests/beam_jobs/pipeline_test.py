@@ -32,7 +32,8 @@ def test_golden_example(tmp_path, golden_input):
     """
     out = str(tmp_path / "out")
     result = util.run_job(golden_input, out, "--max_context_length=2", "--max_context_movie_genre_length=4",
-                  "--num_shards=3", "--compression=none", "--novalidation")
+                  "--num_shards=3", "--compression=none", "--novalidation",
+                  "--nolow_ratings_in_context")
     assert util.read_split(out, schema.TRAIN) == [{
         "context_movie_id": [1, 0], "context_movie_rating": [5.0, 0.0],
         "context_movie_year": [1995, 0],
@@ -65,11 +66,13 @@ def test_golden_example(tmp_path, golden_input):
             c["test_examples"], c["movies"]) == (6, 5, 1, 1, 1, 1, 4)
 
 
-def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3):
+def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3, low_in_context=True):
     """The job's definition (--split=last, validation on), written the slow obvious way
     from the raw files: {split: [features]}, held-out examples with seen_movie_id (every
     movie rated strictly before the label in (timestamp, movie_id) order, below-min
-    ratings included)."""
+    ratings included). Labels are the kept ratings (>= min_rating) after a user's first
+    timeline rating; the timelines hold the ratings below min_rating too when
+    low_in_context (--low_ratings_in_context)."""
     with open(os.path.join(directory, "movies.dat"), encoding="latin-1") as f:
         movies = {}
         for line in f:
@@ -80,20 +83,23 @@ def _expected_from_raw(directory, L=10, G=10, min_rating=2, min_len=3):
         for line in f:
             u, m, r, t = (int(x) for x in line.split("::"))
             rated[u].append((t, m))
-            if r >= min_rating:
+            if r >= min_rating or low_in_context:
                 by_user[u].append((t, m, float(r)))
     out = {schema.TRAIN: [], schema.VALIDATION: [], schema.TEST: []}
     for u in sorted(by_user):
         tl = sorted(by_user[u])
-        if len(tl) < min_len:
+        kept = [i for i, (_, _, r) in enumerate(tl) if r >= min_rating]
+        if len(kept) < min_len:
             continue
         ids = [m for _, m, _ in tl]
-        for i in range(1, len(tl)):
+        for i in kept:
+            if i == 0:
+                continue  # no context
             f = util.example_features(
                 ids, [r for _, _, r in tl], [movies[m][0] for m in ids],
                 [movies[m][1] for m in ids], i, L, G)
-            split = (schema.TEST if i == len(tl) - 1 else
-                     schema.VALIDATION if i == len(tl) - 2 else schema.TRAIN)
+            split = (schema.TEST if i == kept[-1] else
+                     schema.VALIDATION if i == kept[-2] else schema.TRAIN)
             if split != schema.TRAIN:
                 f[schema.SEEN_MOVIE_ID] = sorted({m for t, m in rated[u] if (t, m) < tl[i][:2]})
             out[split].append(f)
@@ -104,10 +110,12 @@ def _key(f):
     return tuple(tuple(v) for _, v in sorted(f.items()))
 
 
-def test_sample_matches_plain_python_definition(tmp_path):
+@pytest.mark.parametrize("low_in_context", [True, False])
+def test_sample_matches_plain_python_definition(tmp_path, low_in_context):
     out = str(tmp_path / "out")
-    result = util.run_job(util.SAMPLE, out, "--num_shards=4")
-    want = _expected_from_raw(util.SAMPLE)
+    result = util.run_job(util.SAMPLE, out, "--num_shards=4",
+                          *([] if low_in_context else ["--nolow_ratings_in_context"]))
+    want = _expected_from_raw(util.SAMPLE, low_in_context=low_in_context)
     train = want[schema.TRAIN]
     assert len(want[schema.VALIDATION]) == len(want[schema.TEST]) == 300
     for split, examples in want.items():
@@ -135,7 +143,8 @@ def test_csv_layout_with_random_split(tmp_path):
         for t, (m, r) in enumerate([(1, 4.5), (2, 3.5), (3, 1.5), (2, 5.0), (3, 2.0)])]
     d = util.write_input(tmp_path / "in", ratings, movies, fmt="csv", encoding="utf-8")
     out = str(tmp_path / "out")
-    util.run_job(d, out, "--split=random", "--train_fraction=0.5", "--seed=3", "--num_shards=2")
+    util.run_job(d, out, "--split=random", "--train_fraction=0.5", "--seed=3", "--num_shards=2",
+                 "--nolow_ratings_in_context")
     meta = util.read_metadata(out)
     # Per user: 4 kept ratings (1.5 < 2) -> 3 examples; 39 users.
     assert meta["input"]["format"] == "csv"

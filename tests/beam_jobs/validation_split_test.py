@@ -42,7 +42,7 @@ def _labels_and_seen(out, split):
 def test_hand_built_timelines(tmp_path, hand_built):
     out = str(tmp_path / "out")
     util.run_job(hand_built, out, "--num_shards=1", "--compression=none",
-                 "--max_context_length=4")
+                 "--max_context_length=4", "--nolow_ratings_in_context")
     # Shard order: users ascending (7, 9, 11), then label position.
     # (label, context, seen): seen = movies rated strictly before the label, below-min
     # ones included, ascending.
@@ -80,7 +80,8 @@ def test_contexts_before_the_label_second(tmp_path, hand_built):
     """--context_before_label_second: contexts and seen lists stop at the label's second."""
     out = str(tmp_path / "out")
     util.run_job(hand_built, out, "--num_shards=1", "--compression=none",
-                 "--max_context_length=4", "--context_before_label_second")
+                 "--max_context_length=4", "--context_before_label_second",
+                 "--nolow_ratings_in_context")
     # User 7 (seconds: 1, 2 at 100; 4 below min at 150; 3 at 200; 5, 6 at 300): label 2
     # shares the first second (no example); 5 and 6 both see 1 2 3, not each other.
     # User 9 (1 at t1; 2, 3 at t2): both labels see 1. User 11 (4 below min at t0; 1 at
@@ -107,12 +108,12 @@ def test_contexts_before_the_label_second(tmp_path, hand_built):
 
 @pytest.mark.parametrize("before_second", [False, True])
 def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_second):
-    """--context_min_rating=0: ratings below --min_rating join the contexts (and users/
-    histories), never the labels; a user's first kept rating is a label when a lower one
-    came before it."""
+    """The default --low_ratings_in_context: ratings below --min_rating join the contexts
+    (and users/ histories), never the labels; a user's first kept rating is a label when a
+    lower one came before it."""
     out = str(tmp_path / "out")
     util.run_job(hand_built, out, "--num_shards=1", "--compression=none",
-                 "--max_context_length=4", "--context_min_rating=0",
+                 "--max_context_length=4",
                  *(["--context_before_label_second"] if before_second else []))
     # User 7's timeline: 1 2 (t100) [4 (t150, 1 star)] 3 (t200) 5 6 (t300). User 11's:
     # [4 (t0, 1 star)] 1 (t5) 2 [5 (t6, 1 star)] (t6) 3 (t7): label 1 now has a context.
@@ -145,7 +146,7 @@ def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_sec
                 f[schema.CONTEXT_MOVIE_ID].int64_list.value)
     assert histories == {7: [4, 3, 5, 6], 9: [1, 2, 3, 0], 11: [1, 2, 5, 3]}
     meta = util.read_metadata(out)
-    assert meta["flags"]["context_min_rating"] == 0.0
+    assert meta["flags"]["low_ratings_in_context"] is True
     vocab = schema.parse_vocab(open(os.path.join(out, schema.VOCAB_FILE)).read(), "vocab")
     assert {r["movie_id"]: r["count"] for r in vocab if r["count"]} == {
         m: 1 for m, _, _ in train}
@@ -228,7 +229,8 @@ def test_novalidation_writes_the_earlier_layout_byte_for_byte(tmp_path):
     for name, inp, flags in (("sample", util.SAMPLE, ["--num_shards=3"]),
                              ("synthetic", syn, ["--num_shards=2", "--min_rating=3"])):
         out = str(tmp_path / name)
-        util.run_job(inp, out, "--compression=none", "--novalidation", *flags)
+        util.run_job(inp, out, "--compression=none", "--novalidation",
+                     "--nolow_ratings_in_context", *flags)
         assert _digest(out) == BEFORE_VALIDATION[name], name
         meta = util.read_metadata(out)
         assert not os.path.exists(os.path.join(out, schema.VALIDATION))
@@ -252,7 +254,8 @@ def test_random_split_writes_no_validation(tmp_path, hand_built):
     assert schema.VALIDATION not in meta["shards"] and schema.VALIDATION not in meta[
         schema.MANIFEST]
     c = meta["counts"]
-    assert c["validation_examples"] == 0 and c["train_examples"] + c["test_examples"] == 8
+    # 2 + 2 + 3 labels after a first rating (user 11's first kept one follows a 1-star).
+    assert c["validation_examples"] == 0 and c["train_examples"] + c["test_examples"] == 9
     # Its test examples still carry seen_movie_id (the flag is on); train ones do not.
     assert schema.has_seen_movie_ids(meta)
     assert all(s for _, _, s in _labels_and_seen(out, schema.TEST))
