@@ -268,7 +268,8 @@ class JobConfig:
     # is: left out of metadata.json, which stays byte-identical across runs of the same
     # input and flags (any runner, any directory).
     output_dir: str = option(help="Output directory or gs:// URI.", recorded=False)
-    min_rating: float = option(2.0, "Keep ratings >= this (default {default}).")
+    min_rating: float = option(2.0, "Keep ratings >= this as labels (default {default}); "
+                               "see --low_ratings_in_context for the others.")
     low_ratings_in_context: bool = option(
         True, "Ratings below --min_rating stay in the contexts and users/ histories (never "
         "labels): a movie rated 1 star was watched all the same, and the next movie may "
