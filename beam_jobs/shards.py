@@ -224,10 +224,10 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     shard `shard` (split_masks; users ascending, then label position ascending), and its
     users/ file (user_rows: one record per user, ascending). Ratings below cfg.min_rating
     are never labels; they are in the timelines with cfg.low_ratings_in_context, else
-    they count only as seen movies.
-    Held-out examples (validation/, test/) carry seen_movie_id (seen_before) unless
-    --novalidation, which writes the layout of earlier versions. With
-    --context_before_label_second, contexts and seen lists stop at the label's second."""
+    they count only as seen movies. Held-out examples (validation/, test/) carry
+    seen_movie_id (seen_before) unless --novalidation, which writes the layout of earlier
+    versions. With --context_before_label_second, contexts and seen lists stop at the
+    label's second."""
     if chunks:
         user = np.concatenate([c.user for c in chunks])
         movie = np.concatenate([c.movie for c in chunks])
@@ -248,7 +248,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     kept = rating >= np.float32(cfg.min_rating)
     timeline = np.ones(len(kept), bool) if cfg.low_ratings_in_context else kept
     timeline_rows = np.flatnonzero(timeline)  # timeline row -> row of all_*
-    kept = kept[timeline]
+    is_label = kept[timeline]
     # What a held-out example's seen_movie_id lists: the rows before this one (of all_*).
     seen_end = (first_of_second(all_user, ts) if cfg.context_before_label_second
                 else np.arange(len(all_user)))
@@ -256,7 +256,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     label_pos, ctx_start, ctx_end, remaining, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length,
         ts[timeline] if cfg.context_before_label_second else None,
-        None if kept.all() else kept)
+        None if is_label.all() else is_label)
     masks = split_masks(user, label_pos, remaining, position, cfg)
     encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
                                              cfg.max_context_length,
@@ -302,9 +302,8 @@ def user_rows(user: np.ndarray, movie: np.ndarray, all_user: np.ndarray,
     (short timelines included: they get recommendations too), ascending.
 
     Args:
-      user, movie: [n] timeline ratings (kept ones, and the others with
-        --low_ratings_in_context),
-        sorted by user then timeline order.
+      user, movie: [n] timeline ratings (the kept ones, and the others with
+        --low_ratings_in_context), sorted by user then timeline order.
       all_user, all_movie: [m] every rating of a known movie (kept or below min_rating),
         sorted by user.
       max_context_length: L.
