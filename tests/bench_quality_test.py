@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from beam_jobs import schema
 from bench import quality, quality_prep, tutorial_run
+from tests.beam_jobs import util
 from trainer import data, evaluate
 
 TINY = ("--num_users=60", "--num_movies=80", "--ratings_per_user=20", "--seed=3")
@@ -150,17 +151,11 @@ def test_the_reference_timelines_share_the_raw_ratings_and_the_labels(tiny):
     assert meta[reference]["flags"]["low_ratings_in_context"] is False
     assert meta[data_dir]["input"] == meta[reference]["input"]  # one raw set
     for split in ("validation", "test"):
-        labels = [sorted(_labels(d, split)) for d in (data_dir, reference)]
+        labels = [sorted(f[schema.LABEL_MOVIE_ID][0] for f in util.read_split(d, split))
+                  for d in (data_dir, reference)]
         assert labels[0] == labels[1] and labels[0]
     assert (meta[data_dir]["counts"]["train_examples"]
             > meta[reference]["counts"]["train_examples"])  # first kept ratings after low ones
-
-
-def _labels(data_dir: str, split: str) -> list[int]:
-    files = sorted(os.path.join(data_dir, split, n) for n in os.listdir(os.path.join(data_dir, split)))
-    spec = {schema.LABEL_MOVIE_ID: tf.io.FixedLenFeature([1], tf.int64)}
-    return [int(tf.io.parse_single_example(r, spec)[schema.LABEL_MOVIE_ID][0])
-            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
 @pytest.mark.slow

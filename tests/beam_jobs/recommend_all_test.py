@@ -45,17 +45,6 @@ def setup(tmp_path_factory):
     return data_dir, model_dir, newest
 
 
-def _users(data_dir: str) -> list[dict]:
-    """Every users/ record, parsed by TensorFlow."""
-    out = []
-    for name in sorted(os.listdir(os.path.join(data_dir, schema.USERS))):
-        path = os.path.join(data_dir, schema.USERS, name)
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-            ex = tf.train.Example.FromString(record.numpy())
-            out.append({k: list(v.int64_list.value) for k, v in ex.features.feature.items()})
-    return out
-
-
 def _rows(output_dir: str) -> list[tuple]:
     names = sorted(n for n in os.listdir(output_dir) if n.endswith(".parquet"))
     rows = []
@@ -81,7 +70,7 @@ def test_users_split_in_manifest_and_records_match_tensorflow(setup):
     for e in entries:  # the manifest vouches for users/ as for train/ and test/
         with open(os.path.join(data_dir, schema.USERS, e["name"]), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == e["sha256"]
-    users = _users(data_dir)
+    users = util.read_users(data_dir)
     for u in users:
         ctx, seen = u[schema.CONTEXT_MOVIE_ID], u[schema.SEEN_MOVIE_ID]
         assert len(ctx) == L and seen == sorted(set(seen))
@@ -106,7 +95,7 @@ def test_rows_equal_the_saved_model_called_per_user(setup, tmp_path):
     metadata = _run(setup, out, f"--k={K}")
     assert metadata["input"]["export_dir"] == setup[2]  # LATEST's version
     assert os.path.exists(os.path.join(out, schema.SUCCESS_FILE))
-    users = _users(setup[0])
+    users = util.read_users(setup[0])
     rows = _rows(out)
     assert metadata["counts"] == {"users": len(users), "rows": len(users) * K}
     serve = tf.saved_model.load(setup[2]).signatures["serving_default"]
@@ -133,7 +122,7 @@ def test_exclude_seen_gives_the_best_unseen_k(setup, tmp_path):
     got = {}
     for user_id, _, movie, _, _ in _rows(out):
         got.setdefault(user_id, []).append(movie)
-    for u in _users(setup[0]):
+    for u in util.read_users(setup[0]):
         q = loaded.signatures["query_embedding"](
             context_movie_id=tf.constant([u[schema.CONTEXT_MOVIE_ID]], tf.int64))["embedding"]
         scores = (q.numpy() @ cands["embeddings"].numpy().T)[0]

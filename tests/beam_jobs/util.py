@@ -124,6 +124,21 @@ def read_split(output_dir, split, seen=False):
     return out
 
 
+def read_users(output_dir):
+    """Every users/ record in manifest order, as {feature: list of ints}."""
+    import tensorflow as tf
+
+    metadata = read_metadata(output_dir)
+    compression = schema.tf_compression_type(metadata["flags"]["compression"])
+    out = []
+    for entry in metadata[schema.MANIFEST][schema.USERS]:
+        path = os.path.join(output_dir, schema.USERS, entry["name"])
+        for record in tf.data.TFRecordDataset(path, compression_type=compression):
+            ex = tf.train.Example.FromString(record.numpy())
+            out.append({k: list(v.int64_list.value) for k, v in ex.features.feature.items()})
+    return out
+
+
 def read_metadata(output_dir):
     with open(os.path.join(output_dir, schema.METADATA_FILE)) as f:
         return schema.loads_metadata(f.read(), output_dir)

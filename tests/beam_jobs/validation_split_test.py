@@ -136,14 +136,7 @@ def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_sec
         (3, [4, 1, 2, 5], [1, 2, 4, 5]),
     ]
     # users/ histories: the last 4 timeline movies, the 1-star ones included.
-    import tensorflow as tf
-
-    histories = {}
-    for entry in util.read_metadata(out)[schema.MANIFEST][schema.USERS]:
-        for record in tf.data.TFRecordDataset(os.path.join(out, schema.USERS, entry["name"])):
-            f = tf.train.Example.FromString(record.numpy()).features.feature
-            histories[f[schema.USER_ID].int64_list.value[0]] = list(
-                f[schema.CONTEXT_MOVIE_ID].int64_list.value)
+    histories = {u[schema.USER_ID][0]: u[schema.CONTEXT_MOVIE_ID] for u in util.read_users(out)}
     assert histories == {7: [4, 3, 5, 6], 9: [1, 2, 3, 0], 11: [1, 2, 5, 3]}
     meta = util.read_metadata(out)
     assert meta["flags"]["low_ratings_in_context"] is True
