@@ -51,7 +51,7 @@ def test_example_positions_with_contexts_before_the_label_second():
 
 
 def test_example_positions_with_context_only_rows():
-    # --context_min_rating: rows 0, 3 (user 1) and 6 (user 3) are context only (False).
+    # --low_ratings_in_context: rows 0, 3 (user 1) and 6 (user 3) are context only (False).
     # User 1: C L L C L; user 2: C L (one label row: short); user 3: L C L L.
     user = np.array([1, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3])
     labels = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1], bool)

@@ -117,12 +117,14 @@ def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_sec
                  *(["--context_before_label_second"] if before_second else []))
     # User 7's timeline: 1 2 (t100) [4 (t150, 1 star)] 3 (t200) 5 6 (t300). User 11's:
     # [4 (t0, 1 star)] 1 (t5) 2 [5 (t6, 1 star)] (t6) 3 (t7): label 1 now has a context.
-    if before_second:  # label 2 shares user 7's first second; 6 does not see 5
+    if before_second:  # label 2 shares user 7's first second; 6 does not see 5, 3 not 2
         train = [(3, [1, 2, 4, 0], []), (1, [4, 0, 0, 0], [])]
         test_7 = (6, [1, 2, 4, 3], [1, 2, 3, 4])
+        test_9 = (3, [1, 0, 0, 0], [1])
     else:
         train = [(2, [1, 0, 0, 0], []), (3, [1, 2, 4, 0], []), (1, [4, 0, 0, 0], [])]
         test_7 = (6, [2, 4, 3, 5], [1, 2, 3, 4, 5])
+        test_9 = (3, [1, 2, 0, 0], [1, 2])
     assert _labels_and_seen(out, schema.TRAIN) == train
     assert _labels_and_seen(out, schema.VALIDATION) == [
         (5, [1, 2, 4, 3], [1, 2, 3, 4]),
@@ -131,8 +133,7 @@ def test_contexts_with_ratings_below_min_rating(tmp_path, hand_built, before_sec
     ]
     assert _labels_and_seen(out, schema.TEST) == [
         test_7,
-        (3, [1, 2, 0, 0] if not before_second else [1, 0, 0, 0], [1, 2] if not before_second
-         else [1]),
+        test_9,
         (3, [4, 1, 2, 5], [1, 2, 4, 5]),
     ]
     # users/ histories: the last 4 timeline movies, the 1-star ones included.
