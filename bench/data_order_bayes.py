@@ -49,15 +49,22 @@ WINDOW = 8
 
 class Steps:
     """One user's step probabilities, each a float64 [M] vector over the next movie
-    (internal indices). seen: bool [M], the movies walked before the step."""
+    (internal indices). seen: bool [M], the movies walked before the step.
 
-    def __init__(self, movies: syn.Movies, fav: np.ndarray):
+    fav: the user's two favourite genres, or None for a user whose favourites are not
+    known: the taste draw then follows the generator's prior over favourites
+    (movies.genre_weights, from which each of the two is drawn)."""
+
+    def __init__(self, movies: syn.Movies, fav: np.ndarray | None):
         pop = np.diff(np.concatenate([[0.0], movies.pop_cdf]))
+        share = (np.full(len(fav), 1.0 / len(fav)) if fav is not None
+                 else movies.genre_weights)
+        genres = fav if fav is not None else range(len(share))
         in_genre = np.zeros(len(pop))
-        for g in fav:
+        for g, s in zip(genres, share, strict=True):
             weight = pop * (movies.primary == g)
             if weight.sum() > 0:
-                in_genre += 0.5 * weight / weight.sum()
+                in_genre += s * weight / weight.sum()
         self.raw = syn.P_TASTE * in_genre + (1 - syn.P_TASTE) * pop  # before rejection
         self.successors = movies.successors
         self.follow = syn.P_FOLLOW * syn.SUCCESSOR_WEIGHTS

@@ -23,9 +23,13 @@ their walk order), with that posterior's own expectation of its top-k share (equ
 share when the posterior is right), the same posterior when it ignores that a label
 sharing the second of the context's last movies may have been walked before them
 (label_last), and the share of labels for which that happened: their context holds a movie
-walked after them. A last row scores the test labels with contexts that end before the
-label's second (beam_jobs.pipeline --context_before_label_second): the Bayes posterior of
-the user's last kept rating given the ratings of earlier seconds (second_posterior).
+walked after them. Two more columns ask what a model of the examples could know: the
+same posterior given only the example's context (the last --context_length ratings before
+the label; a model sees no more), and that one again for a user whose favourite genres
+are not known (the generator's prior over them instead). A last row scores the test
+labels with contexts that end before the label's second (beam_jobs.pipeline
+--context_before_label_second): the Bayes posterior of the user's last kept rating given
+the ratings of earlier seconds (second_posterior).
 """
 from __future__ import annotations
 
@@ -41,8 +45,9 @@ from beam_jobs import synthetic as syn  # noqa: E402
 from beam_jobs.options import JobConfig  # noqa: E402
 from bench import data_order_bayes  # noqa: E402
 
-# The Beam job's own default (its flags are declared once, in JobConfig).
+# The Beam job's own defaults (its flags are declared once, in JobConfig).
 MIN_RATING = JobConfig.__dataclass_fields__["min_rating"].default
+CONTEXT_LENGTH = JobConfig.__dataclass_fields__["max_context_length"].default
 
 
 def _walks(cfg: syn.Config, movies: syn.Movies, counts: np.ndarray):
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--min_rating", type=float, default=MIN_RATING,
                    help="the Beam job's --min_rating (what the data_dir keeps)")
+    p.add_argument("--context_length", type=int, default=CONTEXT_LENGTH,
+                   help="the Beam job's --max_context_length (what an example holds)")
     a = p.parse_args(argv)
     cfg = syn.Config(num_users=a.num_users, seed=a.seed)
     movies = syn.make_movies(cfg)
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     def hit(prob, movie):
         return scored(prob, movie)[0]
 
+    untold = data_order_bayes.Steps(movies, None)  # favourite genres not known
     for fav, walk, rows in _walks(cfg, movies, counts):
         steps = data_order_bayes.Steps(movies, fav)
         step_of = {int(m): i for i, m in enumerate(walk)}
@@ -150,20 +158,25 @@ def main(argv: list[str] | None = None) -> None:
                     data_order_bayes.second_posterior(steps, movies, earlier, kept), label))
             bayes = data_order_bayes.label_posterior(steps, movies, before)
             last = data_order_bayes.label_posterior(steps, movies, before, label_last=True)
+            context = before[-a.context_length:]
+            in_context = data_order_bayes.label_posterior(steps, movies, context)
+            no_taste = data_order_bayes.label_posterior(untold, movies, context)
             columns[name].append((
                 hit(next_movie_probability(movies, fav, walk[t - 1], seen), walk[t]),
                 hit(true, label), *scored(bayes, label), hit(last, label),
-                max((step_of[int(r)] for r in before), default=-1) > step_of[label]))
+                max((step_of[int(r)] for r in before), default=-1) > step_of[label],
+                hit(in_context, label), hit(no_taste, label)))
     print(f"| step | users | oracle top-{a.k} | the data_dir's labels, knowing the walk | "
           "the same, Bayes from the data's order | its expected share | the same, the "
-          "label walked after its whole context | labels walked before a context movie |"
-          "\n|---|---|---|---|---|---|---|---|")
+          "label walked after its whole context | labels walked before a context movie | "
+          f"Bayes from the example's context (last {a.context_length} ratings) | the same, "
+          "favourite genres not known |\n|---|---|---|---|---|---|---|---|---|---|")
     for name, values in columns.items():
         means = " | ".join(f"{v:.4f}" for v in np.mean(values, axis=0))
         print(f"| {name} | {len(values)} | {means} |")
     share, expected = np.mean(second, axis=0)
     print(f"| last step (test), contexts before the label's second | {len(second)} | - | - | "
-          f"{share:.4f} | {expected:.4f} | - | - |")
+          f"{share:.4f} | {expected:.4f} | - | - | - | - |")
 
 
 if __name__ == "__main__":

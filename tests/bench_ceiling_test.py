@@ -4,18 +4,20 @@ import re
 import numpy as np
 
 from beam_jobs import synthetic as syn
-from bench import synthetic_ceiling
+from bench import data_order_bayes, synthetic_ceiling
 
 
 def test_oracle_replays_the_generator_and_ranks_its_next_movies(capsys):
     # The replay raises if any user's movies differ from what the generator writes.
     synthetic_ceiling.main(["--num_users=150", "--k=10"])
     out = capsys.readouterr().out
-    rows = re.findall(r"\| 150 \| " + r" \| ".join([r"([\d.]+)"] * 6) + r" \|", out)
+    rows = re.findall(r"\| 150 \| " + r" \| ".join([r"([\d.]+)"] * 8) + r" \|", out)
     shares = np.array(rows, float)
     # The walk follows a successor ~57% of the time: every scorer that knows the graph
     # places far more next movies in its top 10 than chance (10/3883).
-    assert shares.shape == (2, 6) and np.all((0.3 < shares[:, :5]) & (shares[:, :5] < 0.8))
+    assert shares.shape == (2, 8)
+    scorers = shares[:, [0, 1, 2, 3, 4, 6, 7]]
+    assert np.all((0.3 < scorers) & (scorers < 0.8))
     # About a tenth of the labels precede a movie of their context in the walk.
     assert np.all((0.02 < shares[:, 5]) & (shares[:, 5] < 0.25))
     # On test labels the Bayes posterior's own expectation matches its share (150 users:
@@ -25,6 +27,29 @@ def test_oracle_replays_the_generator_and_ranks_its_next_movies(capsys):
     # Contexts before the label's second: the same check of the last row's posterior.
     second = re.search(r"second \| 150 \| - \| - \| ([\d.]+) \| ([\d.]+) \| - \| - \|", out)
     assert second and abs(float(second[1]) - float(second[2])) < 0.1
+
+
+def test_a_posterior_from_the_context_alone_knows_less():
+    # One user whose 40 ratings are the walk's first 40 steps, the label walked last,
+    # one second apart: the whole history rules out every movie walked before, the
+    # example's last 10 ratings only those ten.
+    cfg = syn.Config(num_users=5)
+    movies = syn.make_movies(cfg)
+    fav = np.array([0, 3])
+    steps = data_order_bayes.Steps(movies, fav)
+    untold = data_order_bayes.Steps(movies, None)
+    rows = np.arange(40, dtype=np.int64) * 7
+    full = data_order_bayes.label_posterior(steps, movies, rows)
+    context = data_order_bayes.label_posterior(steps, movies, rows[-10:])
+    assert np.all(full[rows] == 0) and np.all(context[rows[-10:]] == 0)
+    drawable = rows[:-10][steps.raw[rows[:-10]] > 0]  # popularity 0: never drawn
+    assert drawable.size > 20 and np.all(context[drawable] > 0)
+    # Not knowing the favourites: the taste draw follows the genre prior, which moves
+    # mass towards the genres the user does not favour.
+    unfavoured = ~np.isin(movies.primary, fav)
+    assert untold.raw[unfavoured].sum() > steps.raw[unfavoured].sum()
+    np.testing.assert_allclose(untold.raw.sum(), 1.0)
+    np.testing.assert_allclose(steps.raw.sum(), 1.0)
 
 
 def test_probability_is_a_distribution_over_unseen_movies():
