@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -258,6 +259,14 @@ def mean_of_runs(runs: list[dict]) -> dict:
             "best_rate": max(rates) if rates else None}
 
 
+def prepared_dirs(prepare, rows: dict) -> dict:
+    """{"last": prepare(), "reference": prepare(reference=True)}: the data_dirs of one
+    prepared data set; the reference timelines only when one of `rows` trains on them
+    (a run of our rows alone skips that job pass), else None."""
+    needed = any(row.data == "reference" for row in rows.values())
+    return {"last": prepare(), "reference": prepare(reference=True) if needed else None}
+
+
 def data_kind(row: Row, dirs: dict) -> str:
     """The dirs key `row` runs on: its own, but "last" for a "reference" row when no
     reference data_dir was given."""
@@ -356,11 +365,11 @@ def main(argv: list[str] | None = None) -> None:
 
     data_sets = []  # real data first
     if a.ml100k:
-        data_sets.append(("Real MovieLens 100K", {
-            "last": prepare_ml100k(work), "reference": prepare_ml100k(work, reference=True)}))
+        data_sets.append(("Real MovieLens 100K", prepared_dirs(
+            functools.partial(prepare_ml100k, work), rows)))
     if a.ml1m_synthetic:
-        data_sets.append(("Synthetic, ML-1M shape", {
-            "last": prepare_synthetic(work), "reference": prepare_synthetic(work, reference=True)}))
+        data_sets.append(("Synthetic, ML-1M shape", prepared_dirs(
+            functools.partial(prepare_synthetic, work), rows)))
     if a.last_dir:
         data_sets.append((a.last_dir, {
             kind: d and os.path.abspath(d) for kind, d in (

@@ -159,6 +159,24 @@ def test_the_reference_timelines_share_the_raw_ratings_and_the_labels(tiny):
 
 
 @pytest.mark.slow
+def test_reference_timelines_are_prepared_only_for_rows_that_train_on_them(tiny):
+    work, data_dir = tiny
+    asked = []
+
+    def prepare(**kwargs):  # quality_prep's own preparation, each request recorded
+        asked.append(kwargs)
+        return quality_prep.prepare_synthetic(work, "tiny", TINY, **kwargs)
+
+    ours = quality.select_rows([3], [], ["defaults", "markov chain"], False)
+    assert quality.prepared_dirs(prepare, ours) == {"last": data_dir, "reference": None}
+    assert asked == [{}]
+    theirs = quality.select_rows([3], [], ["defaults", "tutorial's code"], False)
+    assert quality.prepared_dirs(prepare, theirs) == {
+        "last": data_dir, "reference": data_dir + "-reference"}
+    assert asked[1:] == [{}, {"reference": True}]
+    assert os.path.exists(os.path.join(data_dir + "-reference", schema.SUCCESS_FILE))
+
+
 def test_tutorial_input_is_the_train_split_once(tiny):
     work, data_dir = tiny
     path = quality_prep.tutorial_input(data_dir, work)
