@@ -30,9 +30,8 @@ def test_oracle_replays_the_generator_and_ranks_its_next_movies(capsys):
 
 
 def test_a_posterior_from_the_context_alone_knows_less():
-    # One user whose 40 ratings are the walk's first 40 steps, the label walked last,
-    # one second apart: the whole history rules out every movie walked before, the
-    # example's last 10 ratings only those ten.
+    # A user's 40 rows before the label (movies 0, 7, 14, ...): the posterior from all
+    # of them rules out every one; from the example's last 10 rows, only those ten.
     cfg = syn.Config(num_users=5)
     movies = syn.make_movies(cfg)
     fav = np.array([0, 3])

@@ -177,6 +177,7 @@ def test_reference_timelines_are_prepared_only_for_rows_that_train_on_them(tiny)
     assert os.path.exists(os.path.join(data_dir + "-reference", schema.SUCCESS_FILE))
 
 
+@pytest.mark.slow
 def test_tutorial_input_is_the_train_split_once(tiny):
     work, data_dir = tiny
     path = quality_prep.tutorial_input(data_dir, work)
