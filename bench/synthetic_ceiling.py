@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context_length", type=int, default=CONTEXT_LENGTH,
                    help="the Beam job's --max_context_length (what an example holds)")
     a = p.parse_args(argv)
+    if a.context_length < 1:  # before[-0:] would be the whole history
+        p.error(f"--context_length={a.context_length}: give a positive length")
     cfg = syn.Config(num_users=a.num_users, seed=a.seed)
     movies = syn.make_movies(cfg)
     counts = syn.ratings_counts(cfg)

@@ -2,6 +2,7 @@
 import re
 
 import numpy as np
+import pytest
 
 from beam_jobs import synthetic as syn
 from bench import data_order_bayes, synthetic_ceiling
@@ -49,6 +50,12 @@ def test_a_posterior_from_the_context_alone_knows_less():
     assert untold.raw[unfavoured].sum() > steps.raw[unfavoured].sum()
     np.testing.assert_allclose(untold.raw.sum(), 1.0)
     np.testing.assert_allclose(steps.raw.sum(), 1.0)
+
+
+def test_a_context_length_below_one_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        synthetic_ceiling.main(["--context_length=0"])
+    assert exit_.value.code == 2 and "--context_length=0" in capsys.readouterr().err
 
 
 def test_probability_is_a_distribution_over_unseen_movies():
