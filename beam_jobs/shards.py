@@ -145,7 +145,8 @@ def example_positions(user: np.ndarray, min_timeline_length: int, max_context_le
     long = per_user >= min_timeline_length
     owner = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))  # row -> user
     # Each row's place among its user's label rows (meaningful on label rows).
-    rank = np.cumsum(labels) - 1 - (np.cumsum(labels) - labels)[starts][owner]
+    seen_labels = np.cumsum(labels)  # label rows up to and including each row
+    rank = seen_labels - 1 - (seen_labels - labels)[starts][owner]
     label_pos = np.flatnonzero(labels & long[owner] & (np.arange(n) > starts[owner]))
     user_start = starts[owner[label_pos]]
     position = rank[label_pos]
@@ -255,8 +256,7 @@ def write_shard(shard: int, chunks: list[Columns], cfg: JobConfig,
     user, movie, rating = user[timeline], movie[timeline], rating[timeline]
     label_pos, ctx_start, ctx_end, remaining, position, users, short = example_positions(
         user, cfg.min_timeline_length, cfg.max_context_length,
-        ts[timeline] if cfg.context_before_label_second else None,
-        None if is_label.all() else is_label)
+        ts[timeline] if cfg.context_before_label_second else None, is_label)
     masks = split_masks(user, label_pos, remaining, position, cfg)
     encoder = example_records.ExampleEncoder(movies.rows(movie), rating, movies.movie_bytes(),
                                              cfg.max_context_length,
